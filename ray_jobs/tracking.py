@@ -1,0 +1,160 @@
+"""MLflow: the experiment, the training run's inputs and results, and model registration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+
+from ray_jobs.models import ModelSpec
+from ray_jobs.settings import Settings
+
+# Explicit requirements: MLflow's own inference imports every module in sight (~15x slower).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """Point MLflow at the configured store and return the experiment id, creating it if needed."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_root)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+
+
+def start_run(experiment_id: str, run_name: str):
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+
+
+def git_commit() -> str:
+    """The code version: the repo's HEAD, or SKYTRAIN_GIT_COMMIT where there is no .git (a cluster)."""
+    if commit := os.environ.get("SKYTRAIN_GIT_COMMIT"):
+        return commit
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_training_inputs(
+    spec: ModelSpec, manifest: dict, dataset_dir: str, hparams: dict, num_workers: int, use_gpu: bool, seed: int
+) -> None:
+    commit = git_commit()
+    mlflow.log_params({**hparams, "model": spec.key, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed})
+    mlflow.log_params({"dataset": manifest["dataset"], "dataset_version": manifest["version"]})
+    mlflow.set_tags(
+        {
+            "mlflow.source.git.commit": commit,
+            "skytrain.git_commit": commit,
+            "skytrain.model": spec.key,
+            "skytrain.dataset": manifest["dataset"],
+            "skytrain.dataset_version": manifest["version"],
+            "skytrain.dataset_path": dataset_dir,
+        }
+    )
+    with warnings.catch_warnings():  # MLflow registers its local source class twice and warns about it
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(dataset_dir)
+    dataset = MetaDataset(
+        source=source,
+        name=f"{manifest['dataset']}-{manifest['version']}",
+        digest=manifest["version"],
+    )
+    mlflow.log_input(dataset, context="training")
+
+
+class RunLogger:
+    """Per-epoch metrics into an existing run, from rank 0 of the Ray Train worker group."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client, self.run_id = mlflow.MlflowClient(tracking_uri), run_id
+
+    def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
+        )
+
+
+def _history_figure(run_id: str, keys: list[str]):
+    client = mlflow.MlflowClient()
+    figure = Figure(figsize=(5 * len(keys), 3.5), layout="tight")
+    for axis, key in zip(figure.subplots(1, len(keys)), keys):
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        axis.plot([m.step for m in history], [m.value for m in history], marker="o")
+        axis.set(title=key, xlabel="epoch")
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def log_results(spec: ModelSpec, test_metrics: dict, target: np.ndarray, output: np.ndarray, best_epoch: int) -> None:
+    """Test metrics and the plots a reviewer looks at first."""
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_metrics({**test_metrics, "best_epoch": best_epoch})
+    keys = ["train_loss", "val_loss", f"val_{spec.metric}"]
+    mlflow.log_figure(_history_figure(run_id, keys), "plots/learning_curves.png")
+
+    figure = Figure(figsize=(5, 4.5), layout="tight")
+    axis = figure.subplots()
+    if spec.task == "classification":
+        classes = output.shape[1]
+        matrix = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(matrix, (target, output.argmax(axis=1)), 1)
+        axis.imshow(np.log1p(matrix), cmap="Blues")
+        axis.set(title="test confusion matrix (log counts)", xlabel="predicted", ylabel="true")
+        axis.set_xticks(range(classes))
+        axis.set_yticks(range(classes))
+    else:
+        axis.scatter(target, output.reshape(-1), s=2, alpha=0.3)
+        bounds = [float(target.min()), float(target.max())]
+        axis.plot(bounds, bounds, color="black", linewidth=1)
+        axis.set(title="test: predicted vs true log price", xlabel="true", ylabel="predicted")
+    mlflow.log_figure(figure, "plots/test_predictions.png")
+
+
+def log_and_register(model: torch.nn.Module, spec: ModelSpec, example: np.ndarray, manifest: dict, run_id: str) -> str:
+    """Log the model with signature and input example, register it, tag the version with its lineage."""
+    model.eval()
+    with torch.no_grad():
+        example_output = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, example_output),
+        input_example=example,
+        registered_model_name=spec.registered_name,
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    lineage = {
+        "skytrain.model": spec.key,
+        "skytrain.run_id": run_id,
+        "skytrain.dataset": manifest["dataset"],
+        "skytrain.dataset_version": manifest["version"],
+        "skytrain.git_commit": git_commit(),
+    }
+    for key, value in lineage.items():
+        client.set_model_version_tag(spec.registered_name, version, key, value)
+    return version

@@ -1,0 +1,290 @@
+"""Distributed training with Ray Train: the worker loop, and the driver that runs it.
+
+The driver opens one MLflow run, starts a ``TorchTrainer`` (N workers, CPU or GPU), and lets
+rank 0 log per-epoch metrics into that run, so every metric is logged once. Each epoch reports
+a checkpoint; after ``fit()`` the driver takes the best one by validation metric, scores it on
+the test split, logs the model with its signature and registers it.
+
+Runs on a bare Ray cluster too (no Prefect): ``python -m ray_jobs.train --model mnist-cnn
+--dataset-dir <version dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from ray_jobs import tracking
+from ray_jobs.dataset import load_split, read_manifest
+from ray_jobs.evaluate import predict_in_batches, score
+from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
+from ray_jobs.settings import Settings
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
+    """A shuffled, equal-sized share of ``n`` rows: equal sizes keep DDP's collectives in step."""
+    order = torch.randperm(n, generator=generator)
+    return order[rank::world][: n // world]
+
+
+def _evaluate(model: nn.Module, features, target, spec: ModelSpec, device, batch_size: int) -> dict:
+    """Loss and metric sums over this worker's rows, all-reduced to the global values."""
+    model.eval()
+    loss_fn = _loss(spec, reduction="sum")
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct / squared error, rows
+    with torch.no_grad(), _autocast(device):
+        for i in range(0, len(features), batch_size):
+            x, y = features[i : i + batch_size].to(device), target[i : i + batch_size].to(device)
+            out = model(x).float()
+            sums[0] += loss_fn(out, y).item()
+            if spec.task == "classification":
+                sums[1] += (out.argmax(1) == y).sum()
+            else:
+                sums[1] += ((out - y) ** 2).sum()
+            sums[2] += len(x)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+    loss, stat, rows = sums.tolist()
+    metric = {"accuracy": stat / rows} if spec.task == "classification" else {"rmse": (stat / rows) ** 0.5}
+    return {"loss": loss / rows, **metric}
+
+
+def _loss(spec: ModelSpec, reduction: str = "mean") -> nn.Module:
+    return nn.CrossEntropyLoss(reduction=reduction) if spec.task == "classification" else nn.MSELoss(reduction=reduction)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _tensors(version_dir: str, split: str, manifest: dict, spec: ModelSpec):
+    features, target = load_split(version_dir, split, manifest)
+    target_dtype = torch.long if spec.task == "classification" else torch.float32
+    return torch.from_numpy(features), torch.as_tensor(target, dtype=target_dtype)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    spec = spec_for(config["model"])
+    hp = config["hparams"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config["threads_per_worker"])
+    torch.manual_seed(config["seed"])
+
+    manifest = read_manifest(config["dataset_dir"])
+    train_x, train_y = _tensors(config["dataset_dir"], "train", manifest, spec)
+    val_x, val_y = _tensors(config["dataset_dir"], "val", manifest, spec)
+    val_rows = _shard(len(val_x), rank, world, torch.Generator().manual_seed(0))
+    val_x, val_y = val_x[val_rows], val_y[val_rows]
+
+    model = build_model(spec, manifest, hp)
+    if device.type == "cuda" and spec.task == "classification":
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    steps_per_epoch = max(1, (len(train_x) // world) // hp["batch_size"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=hp["lr"], total_steps=hp["epochs"] * steps_per_epoch
+    )
+    loss_fn = _loss(spec)
+
+    start_epoch = 0
+    if checkpoint := ray.train.get_checkpoint():  # a restarted worker group, or a resumed run
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch = state["epoch"]
+
+    tracker = tracking.RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    for epoch in range(start_epoch, hp["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        rows = _shard(len(train_x), rank, world, torch.Generator().manual_seed(config["seed"] + epoch))
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for step in range(steps_per_epoch):
+            batch = rows[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
+            x, y = train_x[batch].to(device, non_blocking=True), train_y[batch].to(device, non_blocking=True)
+            with _autocast(device):
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.detach()
+        train_loss = total_loss / steps_per_epoch
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(train_loss)
+            train_loss /= world
+        val = _evaluate(model, val_x, val_y, spec, device, batch_size=4096)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss.item(),
+            **{f"val_{k}": v for k, v in val.items()},
+            "epoch_seconds": time.perf_counter() - started,
+            "lr": schedule.get_last_lr()[0],
+        }
+        if rank == 0:
+            tracker.log_epoch(metrics, step=epoch + 1)
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "epoch": epoch + 1,
+                    },
+                    Path(directory) / CHECKPOINT_FILE,
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _check_capacity(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
+    """Fail fast instead of waiting forever for resources a fixed-size cluster will never have."""
+    available = ray.cluster_resources()
+    needed = {"CPU": num_workers * cpus_per_worker, **({"GPU": num_workers} if use_gpu else {})}
+    for resource, amount in needed.items():
+        if available.get(resource, 0) < amount:
+            raise ValueError(
+                f"num_workers={num_workers} needs {amount:g} {resource} but the Ray cluster has "
+                f"{available.get(resource, 0):g}: lower num_workers or use a bigger cluster"
+            )
+
+
+def run_training(
+    model: str,
+    dataset_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    num_workers: int = 2,
+    use_gpu: bool | None = None,
+    seed: int = 42,
+    run_name: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Train one model on one dataset version with Ray Train, log it and register it.
+
+    Needs a connected Ray (``ray.init``). Returns run id, registered version and metrics.
+    """
+    settings = settings or Settings()
+    spec = spec_for(model)
+    dataset_dir = str(Path(dataset_dir).resolve())
+    manifest = read_manifest(dataset_dir)
+    if manifest["dataset"] != spec.dataset:
+        raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")
+    hp = {**spec.defaults, **(hparams or {})}
+    if epochs is not None:
+        hp["epochs"] = epochs
+    if hp["epochs"] < 1 or num_workers < 1:
+        raise ValueError(f"epochs and num_workers must be >= 1, got {hp['epochs']} and {num_workers}")
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
+    cpus_per_worker = 1.0
+    _check_capacity(num_workers, cpus_per_worker, use_gpu)
+
+    run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment_id = tracking.ensure_experiment(settings)
+    with tracking.start_run(experiment_id, run_name) as run:
+        tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "model": model,
+                "hparams": hp,
+                "seed": seed,
+                "dataset_dir": dataset_dir,
+                "threads_per_worker": int(cpus_per_worker),
+                "tracking_uri": settings.mlflow_tracking_uri,
+                "run_id": run.info.run_id,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=settings.ray_storage_path,
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=2,
+                    checkpoint_score_attribute=f"val_{spec.metric}",
+                    checkpoint_score_order="max" if spec.higher_is_better else "min",
+                ),
+                failure_config=FailureConfig(max_failures=2),
+            ),
+        )
+        result = trainer.fit()
+        best = result.get_best_checkpoint(
+            metric=f"val_{spec.metric}", mode="max" if spec.higher_is_better else "min"
+        )
+        with best.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        net = build_model(spec, manifest, hp)
+        net.load_state_dict(state["model"])
+        net.eval()
+
+        test_x, test_y = load_split(dataset_dir, "test", manifest)
+        with torch.no_grad():
+            output = predict_in_batches(lambda x: net(torch.from_numpy(x)).numpy(), test_x)
+        test_metrics = {f"test_{k}": v for k, v in score(spec.task, test_y, output).items()}
+        tracking.log_results(spec, test_metrics, test_y, output, best_epoch=state["epoch"])
+        version = tracking.log_and_register(net, spec, test_x[:5], manifest, run.info.run_id)
+
+    return {
+        "model": model,
+        "registered_model": spec.registered_name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "run_name": run_name,
+        "dataset": manifest["dataset"],
+        "dataset_version": manifest["version"],
+        "best_epoch": state["epoch"],
+        "metrics": test_metrics,
+        "checkpoint": best.path,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=sorted(SPECS))
+    parser.add_argument("--dataset-dir", required=True)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--run-name")
+    args = parser.parse_args()
+    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    result = run_training(
+        args.model, args.dataset_dir, epochs=args.epochs, num_workers=args.num_workers, seed=args.seed, run_name=args.run_name
+    )
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
