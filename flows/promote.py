@@ -53,9 +53,10 @@ def score_version(name: str, version: str, dataset_dir: str, spec: ModelSpec) ->
     return score(spec.task, target, output)[spec.metric]
 
 
-def _current_champion(client: mlflow.MlflowClient, name: str):
+def _current_champion(client: mlflow.MlflowClient, name: str) -> str | None:
+    """The champion's version number (MLflow returns it as int or str depending on the call)."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
 
@@ -78,17 +79,17 @@ def promote(model: ModelName, version: str, margin: float = 0.0) -> dict:
     champion = _current_champion(client, name)
     challenger_score = score_version(name, version, dataset_dir, spec)
     champion_score = None
-    if champion is not None and champion.version == version:
+    if champion == version:
         decision = Decision(False, f"version {version} already is the champion")
     else:
         if champion is not None:
-            champion_score = score_version(name, champion.version, dataset_dir, spec)
+            champion_score = score_version(name, champion, dataset_dir, spec)
         decision = decide(spec, challenger_score, champion_score, margin)
 
     record = {
         "model": name,
         "challenger_version": version,
-        "champion_version_before": champion.version if champion else None,
+        "champion_version_before": champion,
         "metric": spec.metric,
         "challenger_score": challenger_score,
         "champion_score": champion_score,

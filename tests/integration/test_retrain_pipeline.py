@@ -1,0 +1,107 @@
+"""The retrain pipeline end to end on small slices: real local Ray, Prefect API and MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from flows.promote import promote
+from flows.retrain import DEFAULT_MODELS, retrain
+from ray_jobs import tracking
+from ray_jobs.dataset import load_split, read_manifest
+from ray_jobs.models import SPECS, build_model
+from ray_jobs.settings import Settings
+
+LIMIT_ROWS, EPOCHS = 1000, 2
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api, local_ray, tmp_path_factory):
+    """One retrain on a fresh state directory, shared by the tests of this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKYTRAIN_STATE_DIR", str(tmp_path_factory.mktemp("retrain")))
+        yield retrain(epochs=EPOCHS, limit_rows=LIMIT_ROWS)
+
+
+@pytest.fixture
+def client(first_run):
+    mlflow.set_tracking_uri(Settings().mlflow_tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def test_first_retrain_registers_and_promotes_both_models(first_run, client):
+    assert [row["model"] for row in first_run] == [SPECS[m].registered_name for m in DEFAULT_MODELS]
+    for row, key in zip(first_run, DEFAULT_MODELS):
+        spec = SPECS[key]
+        assert row["version"] == "1" and row["decision"] == "promoted" and row["champion"] == "1"
+        for alias in ("champion", "challenger"):
+            assert client.get_model_version_by_alias(spec.registered_name, alias).version in (1, "1")
+        version = client.get_model_version(spec.registered_name, "1")
+        assert version.tags["skytrain.gate.decision"] == "promoted"
+        assert version.tags["skytrain.run_id"] == row["run_id"]
+        assert version.tags["skytrain.dataset_version"] == row["dataset_version"].split("/")[1]
+
+
+def test_training_run_records_params_epochs_lineage_and_plots(first_run, client):
+    for row, key in zip(first_run, DEFAULT_MODELS):
+        spec = SPECS[key]
+        run = client.get_run(row["run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["dataset_version"] == row["dataset_version"].split("/")[1]
+        assert run.data.params["num_workers"] == "2" and run.data.params["epochs"] == str(EPOCHS)
+        assert len(run.data.tags["skytrain.git_commit"]) >= 7
+        # per-epoch metrics logged once (by rank 0), not once per worker
+        for metric in ("train_loss", "val_loss", f"val_{spec.metric}"):
+            history = client.get_metric_history(row["run_id"], metric)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        assert f"test_{spec.metric}" in run.data.metrics
+        assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [run.data.params["dataset_version"]]
+        plots = {a.path for a in client.list_artifacts(row["run_id"], "plots")}
+        assert plots == {"plots/learning_curves.png", "plots/test_predictions.png"}
+
+
+def test_models_learned_something(first_run, client):
+    cnn, regressor = (client.get_run(row["run_id"]).data.metrics for row in first_run)
+    assert cnn["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert regressor["test_r2"] > 0.5
+
+
+def _register_untrained(key: str) -> str:
+    """An untrained model, logged and registered exactly like a trained one."""
+    spec, settings = SPECS[key], Settings()
+    dataset_dir = next((settings.data_store / spec.dataset).iterdir())
+    manifest = read_manifest(dataset_dir)
+    features, _ = load_split(dataset_dir, "test", manifest)
+    with tracking.start_run(tracking.ensure_experiment(settings), f"untrained-{key}") as run:
+        return tracking.log_and_register(
+            build_model(spec, manifest, spec.defaults), spec, features[:5], manifest, run.info.run_id
+        )
+
+
+@pytest.mark.parametrize("key", DEFAULT_MODELS)
+def test_worse_challenger_is_refused_and_champion_stays(first_run, client, key):
+    name = SPECS[key].registered_name
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    version = _register_untrained(key)
+    record = promote(model=key, version=version)
+    assert record["promote"] is False
+    assert str(client.get_model_version_by_alias(name, "champion").version) == champion
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == version
+    tags = client.get_model_version(name, version).tags
+    assert tags["skytrain.gate.decision"] == "rejected"
+    assert tags["skytrain.gate.champion_version"] == champion
+    assert float(tags["skytrain.gate.challenger_score"]) == pytest.approx(record["challenger_score"], rel=1e-5)
+
+
+def test_second_retrain_reuses_data_and_lets_the_gate_decide(first_run, client):
+    second = retrain(epochs=EPOCHS, limit_rows=LIMIT_ROWS)
+    for before, after, key in zip(first_run, second, DEFAULT_MODELS):
+        spec = SPECS[key]
+        assert after["dataset_version"] == before["dataset_version"] + " (reused)"
+        assert after["run_id"] != before["run_id"]
+        tags = client.get_model_version(spec.registered_name, after["version"]).tags
+        challenger, champion = float(tags["skytrain.gate.challenger_score"]), float(tags["skytrain.gate.champion_score"])
+        better = challenger > champion if spec.higher_is_better else challenger < champion
+        current = str(client.get_model_version_by_alias(spec.registered_name, "champion").version)
+        assert (tags["skytrain.gate.decision"] == "promoted") is better
+        assert current == (after["version"] if better else tags["skytrain.gate.champion_version"])
