@@ -7,7 +7,7 @@ with the same inputs finds the existing version and reuses it. Bad input raises
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def _source_manifest(path: Path, sha256: str, params: dict, transform: str) -> d
         "source": {"path": str(path), "sha256": sha256},
         "params": params,
         "transform": transform,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
 
 

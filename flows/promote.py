@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+import mlflow
 from flows.datasets.store import version_dir
 from flows.train import ModelName
 from ray_jobs.dataset import load_split
@@ -38,7 +38,9 @@ def decide(spec: ModelSpec, challenger: float, champion: float | None, margin: f
         return Decision(True, f"no champion yet: challenger {name}={challenger:.6g} becomes champion")
     gain = challenger - champion if spec.higher_is_better else champion - challenger
     better = "higher" if spec.higher_is_better else "lower"
-    verdict = f"challenger {name}={challenger:.6g} vs champion {name}={champion:.6g} ({better} is better, margin {margin:g})"
+    verdict = (
+        f"challenger {name}={challenger:.6g} vs champion {name}={champion:.6g} ({better} is better, margin {margin:g})"
+    )
     if gain > margin:
         return Decision(True, f"{verdict}: improved by {gain:.6g}")
     return Decision(False, f"{verdict}: not better by more than the margin")

@@ -6,11 +6,11 @@ data prep (one flow per dataset) → training on Ray Train → promotion gate �
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+import mlflow
 from flows.data_prep import prepare_diamonds, prepare_mnist
 from flows.promote import CHAMPION, promote
 from flows.train import ModelName, train
@@ -72,11 +72,18 @@ def retrain(
         gate = promote(model=m, version=result["version"], margin=margin)
         dataset = datasets[spec.dataset]
         smoke = smoke_inference(m, dataset["path"])
-        logger.info("%s champion v%s on test rows: predicted %s, expected %s", m, gate["champion_version"], smoke["predicted"], smoke["expected"])
+        logger.info(
+            "%s champion v%s on test rows: predicted %s, expected %s",
+            m,
+            gate["champion_version"],
+            smoke["predicted"],
+            smoke["expected"],
+        )
         summary.append(
             {
                 "model": spec.registered_name,
-                "dataset_version": f"{dataset['dataset']}/{dataset['version']}" + (" (reused)" if dataset["reused"] else ""),
+                "dataset_version": f"{dataset['dataset']}/{dataset['version']}"
+                + (" (reused)" if dataset["reused"] else ""),
                 "run_id": result["run_id"],
                 "version": result["version"],
                 "test_metrics": ", ".join(f"{k.removeprefix('test_')}={v:.4f}" for k, v in result["metrics"].items()),

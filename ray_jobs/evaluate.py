@@ -25,4 +25,6 @@ def score(task: str, target: np.ndarray, output: np.ndarray) -> dict[str, float]
 
 
 def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], features: np.ndarray, batch_size: int = 4096):
-    return np.concatenate([np.asarray(predict(features[i : i + batch_size])) for i in range(0, len(features), batch_size)])
+    return np.concatenate(
+        [np.asarray(predict(features[i : i + batch_size])) for i in range(0, len(features), batch_size)]
+    )

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     """Address of a running Ray cluster; empty starts a local one with ``ray.init()``."""
 
+    ray_log_level: str = "WARNING"
+    """Log level of Ray Train's controller and workers (its INFO lines are many)."""
+
     ray_storage_path: str | None = None
     """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""
 

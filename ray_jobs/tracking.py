@@ -8,7 +8,6 @@ import time
 import warnings
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -17,6 +16,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
+import mlflow
 from ray_jobs.models import ModelSpec
 from ray_jobs.settings import Settings
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -30,6 +29,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from ray_jobs import tracking
+from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.evaluate import predict_in_batches, score
 from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
@@ -67,7 +67,9 @@ def _evaluate(model: nn.Module, features, target, spec: ModelSpec, device, batch
 
 
 def _loss(spec: ModelSpec, reduction: str = "mean") -> nn.Module:
-    return nn.CrossEntropyLoss(reduction=reduction) if spec.task == "classification" else nn.MSELoss(reduction=reduction)
+    return (
+        nn.CrossEntropyLoss(reduction=reduction) if spec.task == "classification" else nn.MSELoss(reduction=reduction)
+    )
 
 
 def _autocast(device: torch.device):
@@ -98,9 +100,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_x, val_y = val_x[val_rows], val_y[val_rows]
 
     model = build_model(spec, manifest, hp)
-    if device.type == "cuda" and spec.task == "classification":
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    # channels_last suits the tensor cores' convolution kernels; on CPU it buys nothing here.
+    memory_format = torch.channels_last if device.type == "cuda" and train_x.dim() == 4 else torch.preserve_format
+    model = ray.train.torch.prepare_model(model.to(memory_format=memory_format))
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     steps_per_epoch = max(1, (len(train_x) // world) // hp["batch_size"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -125,7 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):
             batch = rows[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
-            x, y = train_x[batch].to(device, non_blocking=True), train_y[batch].to(device, non_blocking=True)
+            x = train_x[batch].to(device, non_blocking=True, memory_format=memory_format)
+            y = train_y[batch].to(device, non_blocking=True)
             with _autocast(device):
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -147,6 +150,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         if rank == 0:
             tracker.log_epoch(metrics, step=epoch + 1)
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train_", "val_")))
+            # To the real stdout: Ray Train's print patch would also copy it into the logger (twice).
+            line = f"{spec.key} epoch {epoch + 1}/{hp['epochs']} ({metrics['epoch_seconds']:.1f}s): {summary}"
+            print(line, file=sys.__stdout__, flush=True)
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(
                     {
@@ -208,7 +215,8 @@ def run_training(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     cpus_per_worker = 1.0
-    _check_capacity(num_workers, cpus_per_worker, use_gpu)
+    if not settings.ray_address:  # a local Ray cannot grow; a cluster's autoscaler may add nodes
+        _check_capacity(num_workers, cpus_per_worker, use_gpu)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
@@ -237,12 +245,11 @@ def run_training(
                     checkpoint_score_order="max" if spec.higher_is_better else "min",
                 ),
                 failure_config=FailureConfig(max_failures=2),
+                logging_config=ray.LoggingConfig(log_level=settings.ray_log_level),
             ),
         )
         result = trainer.fit()
-        best = result.get_best_checkpoint(
-            metric=f"val_{spec.metric}", mode="max" if spec.higher_is_better else "min"
-        )
+        best = result.get_best_checkpoint(metric=f"val_{spec.metric}", mode="max" if spec.higher_is_better else "min")
         with best.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         net = build_model(spec, manifest, hp)
@@ -279,10 +286,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--run-name")
     args = parser.parse_args()
-    ray.init(address=os.environ.get("RAY_ADDRESS"))
-    result = run_training(
-        args.model, args.dataset_dir, epochs=args.epochs, num_workers=args.num_workers, seed=args.seed, run_name=args.run_name
-    )
+    settings = Settings()
+    with ray_session(settings.ray_address):
+        result = run_training(
+            args.model,
+            args.dataset_dir,
+            epochs=args.epochs,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            run_name=args.run_name,
+            settings=settings,
+        )
     print(json.dumps(result, indent=2, default=str))
 
 

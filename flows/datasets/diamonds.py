@@ -92,7 +92,7 @@ def transform(
     if limit_rows is not None:
         index = {k: v[:limit_rows] for k, v in index.items()}
     if any(len(v) == 0 for v in index.values()):
-        raise ValueError(f"a split is empty: {({k: len(v) for k, v in index.items()})}")
+        raise ValueError(f"a split is empty: { ({k: len(v) for k, v in index.items()}) }")
 
     train = features.iloc[index["train"]]
     mean, std = train[list(NUMERIC)].mean(), train[list(NUMERIC)].std(ddof=0).replace(0.0, 1.0)

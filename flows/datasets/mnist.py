@@ -85,9 +85,7 @@ def validate(splits: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
         bad = ~np.isfinite(images)
         require(not bad.any(), path, field, "no NaN or infinite pixel", f"{int(bad.sum())} found")
         lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
-        require(
-            lo >= 0.0 and hi <= 1.0, path, field, "pixel values in [0, 1]", f"range [{lo}, {hi}]"
-        )
+        require(lo >= 0.0 and hi <= 1.0, path, field, "pixel values in [0, 1]", f"range [{lo}, {hi}]")
         require(len(images) > 0, path, field, "at least one image")
         require(
             len(images) == len(labels),
@@ -144,9 +142,7 @@ def transform(
         parts = {k: (x[:limit_rows], y[:limit_rows]) for k, (x, y) in parts.items()}
     mean = float(parts["train"][0].mean(dtype=np.float64))
     std = float(parts["train"][0].std(dtype=np.float64))
-    tables = {
-        k: _table(((x - mean) / std).astype(np.float32), y) for k, (x, y) in parts.items()
-    }
+    tables = {k: _table(((x - mean) / std).astype(np.float32), y) for k, (x, y) in parts.items()}
     manifest = {
         "task": "classification",
         "feature_columns": ["image"],

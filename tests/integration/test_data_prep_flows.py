@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import pytest
 
@@ -40,13 +42,33 @@ def test_prepare_diamonds_keeps_train_statistics(state_dir):
     assert prepare_diamonds(limit_rows=2000)["reused"] is True
 
 
-def _bad_mnist(tmp_path, monkeypatch):
+def _use_mnist(monkeypatch, path):
+    """Point data prep at a pickle we wrote, with its real hash: the content rules must catch it."""
+    monkeypatch.setenv("SKYTRAIN_MNIST_SOURCE", str(path))
+    monkeypatch.setenv("SKYTRAIN_MNIST_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _nan_pixel(tmp_path, monkeypatch):
     splits = small_mnist()
     splits[0][0][0, 0] = float("nan")
-    path = tmp_path / "nan.pkl.gz"
-    monkeypatch.setenv("SKYTRAIN_MNIST_SOURCE", str(path))
-    monkeypatch.setenv("SKYTRAIN_MNIST_SHA256", write_mnist_pickle(path, splits))
+    write_mnist_pickle(path := tmp_path / "nan.pkl.gz", splits)
+    _use_mnist(monkeypatch, path)
     return path, "train.images", "no NaN or infinite pixel"
+
+
+def _wrong_shape(tmp_path, monkeypatch):
+    splits = small_mnist()
+    splits[2] = (splits[2][0].reshape(-1, 28, 28)[:, :27, :27].copy(), splits[2][1])
+    write_mnist_pickle(path := tmp_path / "27x27.pkl.gz", splits)
+    _use_mnist(monkeypatch, path)
+    return path, "test.images", "shape (n, 28x28)"
+
+
+def _truncated(tmp_path, monkeypatch):
+    path = tmp_path / "truncated.pkl.gz"
+    path.write_bytes(Settings().mnist_path().read_bytes()[: 1 << 20])
+    _use_mnist(monkeypatch, path)
+    return path, "file", "readable gzip-compressed pickle"
 
 
 def _wrong_hash(tmp_path, monkeypatch):
@@ -73,7 +95,9 @@ def _missing_column(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("model", "break_input"),
     [
-        ("mnist-cnn", _bad_mnist),
+        ("mnist-cnn", _nan_pixel),
+        ("mnist-cnn", _wrong_shape),
+        ("mnist-cnn", _truncated),
         ("mnist-cnn", _wrong_hash),
         ("diamonds-regressor", _unknown_category),
         ("diamonds-regressor", _missing_column),

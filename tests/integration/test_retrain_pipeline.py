@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 
+import mlflow
 from flows.promote import promote
 from flows.retrain import DEFAULT_MODELS, retrain
 from ray_jobs import tracking
@@ -12,7 +12,7 @@ from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.models import SPECS, build_model
 from ray_jobs.settings import Settings
 
-LIMIT_ROWS, EPOCHS = 1000, 2
+LIMIT_ROWS, EPOCHS = 4000, 2
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,10 @@ def test_second_retrain_reuses_data_and_lets_the_gate_decide(first_run, client):
         assert after["dataset_version"] == before["dataset_version"] + " (reused)"
         assert after["run_id"] != before["run_id"]
         tags = client.get_model_version(spec.registered_name, after["version"]).tags
-        challenger, champion = float(tags["skytrain.gate.challenger_score"]), float(tags["skytrain.gate.champion_score"])
+        challenger, champion = (
+            float(tags["skytrain.gate.challenger_score"]),
+            float(tags["skytrain.gate.champion_score"]),
+        )
         better = challenger > champion if spec.higher_is_better else challenger < champion
         current = str(client.get_model_version_by_alias(spec.registered_name, "champion").version)
         assert (tags["skytrain.gate.decision"] == "promoted") is better

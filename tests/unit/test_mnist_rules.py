@@ -78,8 +78,12 @@ def test_each_rule_names_file_field_and_rule(tmp_path, mutate, field, rule):
     assert str(path) in str(err.value) and field in str(err.value) and rule in str(err.value)
 
 
+def _source(rows: int) -> dict:
+    return dict(zip(mnist.SOURCE_SPLITS, small_mnist(rows=rows)))
+
+
 def test_transform_splits_and_normalizes():
-    splits = {name: pair for name, pair in zip(mnist.SOURCE_SPLITS, small_mnist(rows=100))}
+    splits = _source(100)
     tables, manifest = mnist.transform(splits, seed=1, val_size=30)
     assert {k: t.num_rows for k, t in tables.items()} == {"train": 120, "val": 30, "test": 50}
     train = tables["train"].column("image").combine_chunks().flatten().to_numpy()
@@ -95,7 +99,7 @@ def test_transform_splits_and_normalizes():
 
 
 def test_split_is_deterministic_by_seed():
-    splits = {name: pair for name, pair in zip(mnist.SOURCE_SPLITS, small_mnist(rows=100))}
+    splits = _source(100)
 
     def val_images(seed):
         tables, _ = mnist.transform(splits, seed=seed, val_size=30)
@@ -106,6 +110,6 @@ def test_split_is_deterministic_by_seed():
 
 
 def test_val_size_must_fit():
-    splits = {name: pair for name, pair in zip(mnist.SOURCE_SPLITS, small_mnist(rows=10))}
+    splits = _source(10)
     with pytest.raises(ValueError, match="val_size"):
         mnist.transform(splits, seed=1, val_size=15)
