@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution import context as ray_train_context
 from torch import nn
 
 from ray_jobs import tracking
@@ -89,6 +91,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    # Ray 2.60 logs each report at INFO on a logger named by a file path, which RunConfig's
+    # logging_config does not reach: hold it to the configured level too.
+    logging.getLogger(ray_train_context.__file__).setLevel(config["log_level"])
     if device.type == "cpu":
         torch.set_num_threads(config["threads_per_worker"])
     torch.manual_seed(config["seed"])
@@ -232,6 +237,7 @@ def run_training(
                 "threads_per_worker": int(cpus_per_worker),
                 "tracking_uri": settings.mlflow_tracking_uri,
                 "run_id": run.info.run_id,
+                "log_level": settings.ray_log_level,
             },
             scaling_config=ScalingConfig(
                 num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
