@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-import mlflow
 from flows.datasets.store import version_dir
 from flows.train import ModelName
 from ray_jobs.dataset import load_split

@@ -6,18 +6,21 @@ data prep (one flow per dataset) → training on Ray Train → promotion gate �
 
 from __future__ import annotations
 
+from typing import Any
+
+import mlflow
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-import mlflow
 from flows.data_prep import prepare_diamonds, prepare_mnist
 from flows.promote import CHAMPION, promote
 from flows.train import ModelName, train
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split
-from ray_jobs.models import SPECS, spec_for
+from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
+from ray_jobs.train import resolve_hparams
 
 PREPARE = {"mnist": prepare_mnist, "diamonds": prepare_diamonds}
 DEFAULT_MODELS: list[ModelName] = ["mnist-cnn", "diamonds-regressor"]
@@ -43,32 +46,37 @@ def retrain(
     margin: float = 0.0,
     seed: int = 42,
     limit_rows: int | None = None,
+    hparams: dict[ModelName, dict[str, Any]] | None = None,
 ) -> list[dict]:
     """Prepare data, train, gate and smoke-test each model; returns one summary row per model.
 
-    ``epochs`` overrides every model's default; ``limit_rows`` caps each dataset split (quick runs).
+    ``epochs`` overrides every model's default; ``limit_rows`` caps each dataset split (quick runs);
+    ``hparams`` maps a model to overrides of its other hyperparameters (see the ``train`` flow).
     """
     settings, logger = Settings(), get_run_logger()
-    models = list(dict.fromkeys(models))
-    datasets = {spec_for(m).dataset: PREPARE[spec_for(m).dataset](seed=seed, limit_rows=limit_rows) for m in models}
+    specs = {m: spec_for(m) for m in dict.fromkeys(models)}
+    for m, spec in specs.items():  # refuse bad hyperparameters before any work starts
+        resolve_hparams(spec, (hparams or {}).get(m), epochs)
+    datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
 
     with ray_session(settings.ray_address):
         trained = {
             m: train(
                 model=m,
-                dataset_version=datasets[spec_for(m).dataset]["version"],
+                dataset_version=datasets[spec.dataset]["version"],
                 epochs=epochs,
                 num_workers=num_workers,
                 use_gpu=use_gpu,
                 seed=seed,
+                hparams=(hparams or {}).get(m),
             )
-            for m in models
+            for m, spec in specs.items()
         }
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     summary = []
-    for m in models:
-        spec, result = SPECS[m], trained[m]
+    for m, spec in specs.items():
+        result = trained[m]
         gate = promote(model=m, version=result["version"], margin=margin)
         dataset = datasets[spec.dataset]
         smoke = smoke_inference(m, dataset["path"])

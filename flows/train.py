@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
@@ -23,10 +23,13 @@ def train(
     num_workers: int = 2,
     use_gpu: bool | None = None,
     seed: int = 42,
+    hparams: dict[str, Any] | None = None,
 ) -> dict:
     """Train ``model`` with Ray Train on a dataset version (default: the latest one).
 
-    ``epochs`` overrides the model's default; ``use_gpu`` defaults to "when the cluster has GPUs".
+    ``epochs`` overrides the model's default; ``use_gpu`` defaults to "when the cluster has GPUs";
+    ``hparams`` overrides other defaults (CNN: lr, batch_size per worker, weight_decay, width, depth;
+    regressor: lr, batch_size, weight_decay, arch ``mlp`` or ``linear``, hidden).
     Uses the Ray at ``SKYTRAIN_RAY_ADDRESS``, or starts a local one.
     """
     settings, logger = Settings(), get_run_logger()
@@ -43,6 +46,7 @@ def train(
             num_workers=num_workers,
             use_gpu=use_gpu,
             seed=seed,
+            hparams=hparams,
             settings=settings,
         )
     logger.info(

@@ -18,6 +18,7 @@ class ModelSpec:
     metric: str  # the promotion gate's metric
     higher_is_better: bool
     defaults: dict[str, Any] = field(default_factory=dict)
+    architecture: tuple[str, ...] = ()  # the hyperparameters that define the network's shape
 
 
 SPECS = {
@@ -28,7 +29,8 @@ SPECS = {
         task="classification",
         metric="accuracy",
         higher_is_better=True,
-        defaults={"epochs": 4, "lr": 4e-3, "batch_size": 128, "weight_decay": 1e-4, "width": 24},
+        defaults={"epochs": 4, "lr": 4e-3, "batch_size": 128, "weight_decay": 1e-4, "width": 24, "depth": 2},
+        architecture=("width", "depth"),
     ),
     "diamonds-regressor": ModelSpec(
         key="diamonds-regressor",
@@ -37,7 +39,8 @@ SPECS = {
         task="regression",
         metric="rmse",
         higher_is_better=False,
-        defaults={"epochs": 15, "lr": 3e-3, "batch_size": 256, "weight_decay": 1e-5, "hidden": 128},
+        defaults={"epochs": 15, "lr": 3e-3, "batch_size": 256, "weight_decay": 1e-5, "arch": "mlp", "hidden": 128},
+        architecture=("arch", "hidden"),
     ),
 }
 
@@ -50,38 +53,57 @@ def spec_for(key: str) -> ModelSpec:
 
 
 class MnistCNN(nn.Module):
-    """Two conv stages (conv-BN-ReLU-pool), then a linear classifier: small, fast, ≥ 99 %."""
+    """``depth`` conv stages (conv-BN-ReLU-maxpool, channels doubling from ``width``), then a
+    linear classifier. The default (width 24, depth 2) reaches ≥ 99 % in 4 epochs."""
 
-    def __init__(self, width: int = 24, classes: int = 10) -> None:
+    def __init__(self, width: int = 24, depth: int = 2, classes: int = 10, side: int = 28) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(2 * width * 7 * 7, classes))
+        if not 1 <= depth <= 4:
+            raise ValueError(f"depth must be in 1..4 (each stage halves the {side}px side), got {depth}")
+        layers: list[nn.Module] = []
+        channels = 1
+        for stage in range(depth):
+            out = width * 2**stage
+            kernel = 5 if stage == 0 else 3
+            layers += [
+                nn.Conv2d(channels, out, kernel, padding=kernel // 2, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels, side = out, side // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(channels * side * side, classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images))
 
 
 class DiamondsRegressor(nn.Module):
-    """An MLP on the encoded features; outputs log price (the target scale is built in)."""
+    """``mlp`` (two hidden layers) or ``linear`` (least squares by gradient descent, the classic
+    baseline) on the encoded features. Outputs log price: the target's scale is built in."""
 
-    def __init__(self, in_features: int, hidden: int = 128, target_mean: float = 0.0, target_std: float = 1.0):
+    def __init__(
+        self,
+        in_features: int,
+        arch: str = "mlp",
+        hidden: int = 128,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden // 2),
-            nn.ReLU(),
-            nn.Linear(hidden // 2, 1),
-        )
+        if arch == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(in_features, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden // 2),
+                nn.ReLU(),
+                nn.Linear(hidden // 2, 1),
+            )
+        elif arch == "linear":
+            self.net = nn.Linear(in_features, 1)
+        else:
+            raise ValueError(f"arch must be 'mlp' or 'linear', got '{arch}'")
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(target_std, dtype=torch.float32))
 
@@ -91,10 +113,11 @@ class DiamondsRegressor(nn.Module):
 
 def build_model(spec: ModelSpec, manifest: dict[str, Any], hparams: dict[str, Any]) -> nn.Module:
     if spec.key == "mnist-cnn":
-        return MnistCNN(width=hparams["width"], classes=manifest["classes"])
+        return MnistCNN(width=hparams["width"], depth=hparams["depth"], classes=manifest["classes"])
     target = manifest["target"]
     return DiamondsRegressor(
         in_features=manifest["feature_shape"][0],
+        arch=hparams["arch"],
         hidden=hparams["hidden"],
         target_mean=target["mean"],
         target_std=target["std"],

@@ -8,15 +8,15 @@ import time
 import warnings
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
-import mlflow
+from ray_jobs import plots
 from ray_jobs.models import ModelSpec
 from ray_jobs.settings import Settings
 
@@ -61,7 +61,10 @@ def log_training_inputs(
     spec: ModelSpec, manifest: dict, dataset_dir: str, hparams: dict, num_workers: int, use_gpu: bool, seed: int
 ) -> None:
     commit = git_commit()
-    mlflow.log_params({**hparams, "model": spec.key, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed})
+    device = "cuda" if use_gpu else "cpu"
+    mlflow.log_params(
+        {**hparams, "model": spec.key, "num_workers": num_workers, "use_gpu": use_gpu, "device": device, "seed": seed}
+    )
     mlflow.log_params({"dataset": manifest["dataset"], "dataset_version": manifest["version"]})
     mlflow.set_tags(
         {
@@ -97,43 +100,31 @@ class RunLogger:
         )
 
 
-def _history_figure(run_id: str, keys: list[str]):
-    client = mlflow.MlflowClient()
-    figure = Figure(figsize=(5 * len(keys), 3.5), layout="tight")
-    for axis, key in zip(figure.subplots(1, len(keys)), keys):
-        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        axis.plot([m.step for m in history], [m.value for m in history], marker="o")
-        axis.set(title=key, xlabel="epoch")
-        axis.grid(alpha=0.3)
-    return figure
-
-
-def log_results(spec: ModelSpec, test_metrics: dict, target: np.ndarray, output: np.ndarray, best_epoch: int) -> None:
+def log_results(
+    spec: ModelSpec, test_metrics: dict, features: np.ndarray, target: np.ndarray, output: np.ndarray, best_epoch: int
+) -> None:
     """Test metrics and the plots a reviewer looks at first."""
-    run_id = mlflow.active_run().info.run_id
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
     mlflow.log_metrics({**test_metrics, "best_epoch": best_epoch})
-    keys = ["train_loss", "val_loss", f"val_{spec.metric}"]
-    mlflow.log_figure(_history_figure(run_id, keys), "plots/learning_curves.png")
-
-    figure = Figure(figsize=(5, 4.5), layout="tight")
-    axis = figure.subplots()
+    history = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        for key in ("train_loss", "val_loss", f"val_{spec.metric}")
+    }
+    mlflow.log_figure(plots.learning_curves(history), "plots/learning_curves.png")
     if spec.task == "classification":
-        classes = output.shape[1]
-        matrix = np.zeros((classes, classes), dtype=np.int64)
-        np.add.at(matrix, (target, output.argmax(axis=1)), 1)
-        axis.imshow(np.log1p(matrix), cmap="Blues")
-        axis.set(title="test confusion matrix (log counts)", xlabel="predicted", ylabel="true")
-        axis.set_xticks(range(classes))
-        axis.set_yticks(range(classes))
+        predicted = output.argmax(axis=1)
+        mlflow.log_figure(plots.confusion_matrix(target, predicted, output.shape[1]), "plots/confusion_matrix.png")
+        mlflow.log_figure(plots.misclassified_digits(features, target, predicted), "plots/misclassified.png")
     else:
-        axis.scatter(target, output.reshape(-1), s=2, alpha=0.3)
-        bounds = [float(target.min()), float(target.max())]
-        axis.plot(bounds, bounds, color="black", linewidth=1)
-        axis.set(title="test: predicted vs true log price", xlabel="true", ylabel="predicted")
-    mlflow.log_figure(figure, "plots/test_predictions.png")
+        prediction = output.reshape(-1)
+        label = "log price"
+        mlflow.log_figure(plots.predicted_vs_actual(target, prediction, label), "plots/predicted_vs_actual.png")
+        mlflow.log_figure(plots.residuals(target, prediction, label), "plots/residuals.png")
 
 
-def log_and_register(model: torch.nn.Module, spec: ModelSpec, example: np.ndarray, manifest: dict, run_id: str) -> str:
+def log_and_register(
+    model: torch.nn.Module, spec: ModelSpec, example: np.ndarray, manifest: dict, hparams: dict, run_id: str
+) -> str:
     """Log the model with signature and input example, register it, tag the version with its lineage."""
     model.eval()
     with torch.no_grad():
@@ -154,6 +145,7 @@ def log_and_register(model: torch.nn.Module, spec: ModelSpec, example: np.ndarra
         "skytrain.dataset": manifest["dataset"],
         "skytrain.dataset_version": manifest["version"],
         "skytrain.git_commit": git_commit(),
+        "skytrain.architecture": ", ".join(f"{k}={hparams[k]}" for k in spec.architecture),
     }
     for key, value in lineage.items():
         client.set_model_version_tag(spec.registered_name, version, key, value)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import ray
 import ray.train
 import ray.train.torch
@@ -125,6 +126,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch = state["epoch"]
 
     tracker = tracking.RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    if tracker and start_epoch:
+        tracker.log_epoch({"resumed_from_epoch": start_epoch}, step=start_epoch)
     for epoch in range(start_epoch, hp["epochs"]):
         started = time.perf_counter()
         model.train()
@@ -150,7 +153,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch + 1,
             "train_loss": train_loss.item(),
             **{f"val_{k}": v for k, v in val.items()},
-            "epoch_seconds": time.perf_counter() - started,
+            "epoch_seconds": (seconds := time.perf_counter() - started),
+            "samples_per_second": steps_per_epoch * hp["batch_size"] * world / seconds,
             "lr": schedule.get_last_lr()[0],
         }
         if rank == 0:
@@ -190,6 +194,22 @@ def _check_capacity(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> 
             )
 
 
+def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any] | None, epochs: int | None = None) -> dict[str, Any]:
+    """The model's defaults with the overrides applied; unknown names and bad values are refused."""
+    overrides = {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})}
+    unknown = set(overrides) - set(spec.defaults)
+    if unknown:
+        known = sorted(spec.defaults)
+        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for '{spec.key}': known are {known}")
+    hp = {**spec.defaults, **overrides}
+    for name in ("epochs", "batch_size"):
+        if not isinstance(hp[name], int) or hp[name] < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {hp[name]!r}")
+    if not hp["lr"] > 0:
+        raise ValueError(f"lr must be > 0, got {hp['lr']!r}")
+    return hp
+
+
 def run_training(
     model: str,
     dataset_dir: str | Path,
@@ -212,11 +232,9 @@ def run_training(
     manifest = read_manifest(dataset_dir)
     if manifest["dataset"] != spec.dataset:
         raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")
-    hp = {**spec.defaults, **(hparams or {})}
-    if epochs is not None:
-        hp["epochs"] = epochs
-    if hp["epochs"] < 1 or num_workers < 1:
-        raise ValueError(f"epochs and num_workers must be >= 1, got {hp['epochs']} and {num_workers}")
+    hp = resolve_hparams(spec, hparams, epochs)
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     cpus_per_worker = 1.0
@@ -254,7 +272,9 @@ def run_training(
                 logging_config=ray.LoggingConfig(log_level=settings.ray_log_level),
             ),
         )
+        started = time.perf_counter()
         result = trainer.fit()
+        phases = {"fit": time.perf_counter() - started}
         best = result.get_best_checkpoint(metric=f"val_{spec.metric}", mode="max" if spec.higher_is_better else "min")
         with best.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
@@ -262,12 +282,17 @@ def run_training(
         net.load_state_dict(state["model"])
         net.eval()
 
+        started = time.perf_counter()
         test_x, test_y = load_split(dataset_dir, "test", manifest)
         with torch.no_grad():
             output = predict_in_batches(lambda x: net(torch.from_numpy(x)).numpy(), test_x)
         test_metrics = {f"test_{k}": v for k, v in score(spec.task, test_y, output).items()}
-        tracking.log_results(spec, test_metrics, test_y, output, best_epoch=state["epoch"])
-        version = tracking.log_and_register(net, spec, test_x[:5], manifest, run.info.run_id)
+        tracking.log_results(spec, test_metrics, test_x, test_y, output, best_epoch=state["epoch"])
+        phases["evaluate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        version = tracking.log_and_register(net, spec, test_x[:5], manifest, hp, run.info.run_id)
+        phases["register"] = time.perf_counter() - started
+        mlflow.log_metrics({f"phase_{name}_seconds": seconds for name, seconds in phases.items()})
 
     return {
         "model": model,

@@ -41,7 +41,8 @@ def local_ray():
     """A local Ray with two CPUs, started for the session and shut down after it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard stays on: Ray Train's controller watches itself through the State API it serves.
+    ray.init(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 

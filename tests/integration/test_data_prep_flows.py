@@ -1,4 +1,5 @@
-"""Data prep flows on a real Prefect API: versions are written once, reused, and never half-made."""
+"""Data prep flows on a real Prefect API: versions are written once, reused, and never half-made;
+bad input stops the pipeline before anything is written."""
 
 from __future__ import annotations
 
@@ -113,3 +114,9 @@ def test_bad_input_stops_retrain_before_anything_is_written(state_dir, tmp_path,
     assert not datasets.exists() or not any(datasets.rglob("*")), "no dataset version may be left behind"
     assert not (state_dir / "mlflow.db").exists(), "no training may start"
     assert not (state_dir / "ray_results").exists(), "no training may start"
+
+
+def test_bad_hyperparameters_stop_retrain_before_data_prep(state_dir):
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['widht'\]"):
+        retrain(models=["mnist-cnn"], hparams={"mnist-cnn": {"widht": 8}})
+    assert not (state_dir / "datasets").exists()

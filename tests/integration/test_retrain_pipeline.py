@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import mlflow
 import pytest
 
-import mlflow
 from flows.promote import promote
 from flows.retrain import DEFAULT_MODELS, retrain
 from ray_jobs import tracking
@@ -13,6 +13,10 @@ from ray_jobs.models import SPECS, build_model
 from ray_jobs.settings import Settings
 
 LIMIT_ROWS, EPOCHS = 4000, 2
+PLOTS = {
+    "mnist-cnn": ("learning_curves", "confusion_matrix", "misclassified"),
+    "diamonds-regressor": ("learning_curves", "predicted_vs_actual", "residuals"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def test_training_run_records_params_epochs_lineage_and_plots(first_run, client)
         assert f"test_{spec.metric}" in run.data.metrics
         assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [run.data.params["dataset_version"]]
         plots = {a.path for a in client.list_artifacts(row["run_id"], "plots")}
-        assert plots == {"plots/learning_curves.png", "plots/test_predictions.png"}
+        assert plots == {f"plots/{name}.png" for name in PLOTS[key]}
 
 
 def test_models_learned_something(first_run, client):
@@ -74,7 +78,7 @@ def _register_untrained(key: str) -> str:
     features, _ = load_split(dataset_dir, "test", manifest)
     with tracking.start_run(tracking.ensure_experiment(settings), f"untrained-{key}") as run:
         return tracking.log_and_register(
-            build_model(spec, manifest, spec.defaults), spec, features[:5], manifest, run.info.run_id
+            build_model(spec, manifest, spec.defaults), spec, features[:5], manifest, spec.defaults, run.info.run_id
         )
 
 
