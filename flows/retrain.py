@@ -6,6 +6,7 @@ data prep (one flow per dataset) → training on Ray Train → promotion gate �
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import mlflow
@@ -59,7 +60,8 @@ def retrain(
         resolve_hparams(spec, (hparams or {}).get(m), epochs)
     datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
 
-    with ray_session(settings.ray_address):
+    # One Ray connection for all trainings, unless they go to a cluster as Ray jobs.
+    with nullcontext() if settings.ray_jobs_address else ray_session(settings.ray_address):
         trained = {
             m: train(
                 model=m,

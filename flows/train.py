@@ -7,10 +7,11 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from flows.datasets.store import existing_version, latest_version
+from flows.ray_job import run_training_job, training_entrypoint
 from ray_jobs.cluster import ray_session
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
-from ray_jobs.train import run_training
+from ray_jobs.train import resolve_hparams, run_training
 
 ModelName = Literal["mnist-cnn", "diamonds-regressor"]
 
@@ -24,13 +25,17 @@ def train(
     use_gpu: bool | None = None,
     seed: int = 42,
     hparams: dict[str, Any] | None = None,
+    jobs_address: str | None = None,
 ) -> dict:
     """Train ``model`` with Ray Train on a dataset version (default: the latest one).
 
     ``epochs`` overrides the model's default; ``use_gpu`` defaults to "when the cluster has GPUs";
     ``hparams`` overrides other defaults (CNN: lr, batch_size per worker, weight_decay, width, depth;
     regressor: lr, batch_size, weight_decay, arch ``mlp`` or ``linear``, hidden).
-    Uses the Ray at ``SKYTRAIN_RAY_ADDRESS``, or starts a local one.
+
+    Where it runs: with ``jobs_address`` (default ``SKYTRAIN_RAY_JOBS_ADDRESS``), the Ray Jobs API
+    of a cluster (its dashboard, ``http://<head>:8265``) runs it as a job; otherwise in this
+    process on the Ray at ``SKYTRAIN_RAY_ADDRESS``, or on a local Ray it starts.
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)
@@ -38,17 +43,23 @@ def train(
     dataset_dir = existing_version(settings.data_store, spec.dataset, version)
     if dataset_dir is None:
         raise FileNotFoundError(f"dataset '{spec.dataset}' has no version '{version}' in {settings.data_store}")
-    with ray_session(settings.ray_address):
-        result = run_training(
-            model,
-            dataset_dir,
-            epochs=epochs,
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            seed=seed,
-            hparams=hparams,
-            settings=settings,
-        )
+    resolve_hparams(spec, hparams, epochs)  # refuse bad values here, before a cluster is involved
+    jobs_address = jobs_address or settings.ray_jobs_address
+    if jobs_address:
+        entrypoint = training_entrypoint(model, str(dataset_dir), epochs, num_workers, use_gpu, seed, hparams)
+        result = run_training_job(jobs_address, entrypoint, settings, logger)
+    else:
+        with ray_session(settings.ray_address):
+            result = run_training(
+                model,
+                dataset_dir,
+                epochs=epochs,
+                num_workers=num_workers,
+                use_gpu=use_gpu,
+                seed=seed,
+                hparams=hparams,
+                settings=settings,
+            )
     logger.info(
         "%s: run %s registered as %s version %s; test %s",
         model,

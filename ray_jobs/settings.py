@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     """Address of a running Ray cluster; empty starts a local one with ``ray.init()``."""
 
+    ray_jobs_address: str | None = None
+    """Ray Jobs API of a cluster (``http://<head>:8265``): when set, training is submitted there."""
+
     ray_log_level: str = "WARNING"
     """Log level of Ray Train's controller and workers (its INFO lines are many)."""
 

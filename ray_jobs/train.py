@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
 from ray_jobs.settings import Settings
 
 CHECKPOINT_FILE = "checkpoint.pt"
+RESULT_MARKER = "SKYTRAIN_RESULT "  # the CLI's last line: how a Ray job hands its result back
 
 
 def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
@@ -238,7 +240,8 @@ def run_training(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     cpus_per_worker = 1.0
-    if not settings.ray_address:  # a local Ray cannot grow; a cluster's autoscaler may add nodes
+    # A local Ray cannot grow; a cluster's autoscaler may add nodes (a Ray job sees RAY_ADDRESS).
+    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
         _check_capacity(num_workers, cpus_per_worker, use_gpu)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -316,6 +319,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--run-name")
+    parser.add_argument("--hparams", type=json.loads, default={}, help="JSON object of hyperparameter overrides")
+    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args()
     settings = Settings()
     with ray_session(settings.ray_address):
@@ -324,11 +329,13 @@ def main() -> None:
             args.dataset_dir,
             epochs=args.epochs,
             num_workers=args.num_workers,
+            use_gpu=args.use_gpu,
             seed=args.seed,
             run_name=args.run_name,
+            hparams=args.hparams,
             settings=settings,
         )
-    print(json.dumps(result, indent=2, default=str))
+    print(RESULT_MARKER + json.dumps(result, default=str), flush=True)
 
 
 if __name__ == "__main__":

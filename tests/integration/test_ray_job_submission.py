@@ -1,0 +1,113 @@
+"""Training through the Ray Jobs API on a real Ray head started by this test on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from flows.data_prep import prepare_diamonds
+from flows.train import train
+from ray_jobs.settings import Settings
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head` with explicit ports and its own temp dir; stopped by its own PIDs."""
+    gcs, dashboard, client, node_manager, object_manager, agent_grpc, agent_http, metrics, env_agent = _free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    command = [
+        str(RAY), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
+        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
+        "--object-manager-port", str(object_manager), "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--dashboard-agent-listen-port", str(agent_http), "--metrics-export-port", str(metrics),
+        "--runtime-env-agent-port", str(env_agent), "--temp-dir", temp_dir,
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    # Like a cluster node set up with the project's pins: its `python` is this environment's.
+    env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray head did not come up (exit {head.poll()})") from None
+                time.sleep(1)
+        yield address
+    finally:
+        _stop([psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)])
+        head.wait()
+
+
+def _stop(processes: list[psutil.Process]) -> None:
+    """SIGTERM the head and every process under it (all started here), SIGKILL what lingers."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=15)
+
+
+def test_train_flow_submits_a_ray_job_and_finds_its_run(prefect_api, state_dir, ray_head):
+    dataset = prepare_diamonds(limit_rows=3000)
+    result = train(
+        model="diamonds-regressor",
+        dataset_version=dataset["version"],
+        epochs=2,
+        num_workers=1,
+        jobs_address=ray_head,
+    )
+    client = mlflow.MlflowClient(Settings().mlflow_tracking_uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["num_workers"] == "1" and run.data.params["dataset_version"] == dataset["version"]
+    assert len(run.data.tags["skytrain.git_commit"]) >= 7
+    version = client.get_model_version("skytrain-diamonds-regressor", result["version"])
+    assert version.run_id == result["run_id"]
+
+
+def test_a_failing_job_fails_the_flow(prefect_api, state_dir, ray_head):
+    dataset = prepare_diamonds(limit_rows=3000)
+    with pytest.raises(RuntimeError, match="ended FAILED"):
+        train(
+            model="diamonds-regressor",
+            dataset_version=dataset["version"],
+            epochs=1,
+            num_workers=1,
+            hparams={"arch": "forest"},
+            jobs_address=ray_head,
+        )
