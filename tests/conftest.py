@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -16,6 +17,7 @@ import pytest
 _SESSION_STATE = Path(tempfile.mkdtemp(prefix="skytrain-tests-"))
 os.environ["SKYTRAIN_STATE_DIR"] = str(_SESSION_STATE)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # test Rays bind 127.0.0.1 only
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
@@ -39,12 +41,23 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def local_ray():
     """A local Ray with two CPUs, started for the session and shut down after it."""
+    import psutil
     import ray
 
     # The dashboard stays on: Ray Train's controller watches itself through the State API it serves.
+    before = {child.pid for child in psutil.Process().children()}
     ray.init(num_cpus=2, log_to_driver=False)
+    ray_roots = [child for child in psutil.Process().children() if child.pid not in before]
     yield
+    started = []  # the processes of the Ray this fixture started, by PID
+    for root in ray_roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started += [root, *root.children(recursive=True)]
     ray.shutdown()
+    _, lingering = psutil.wait_procs(started, timeout=10)
+    for process in lingering:  # seen: a Ray Train controller outliving its raylet
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def write_mnist_pickle(path: Path, splits) -> str:
