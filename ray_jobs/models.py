@@ -29,7 +29,8 @@ SPECS = {
         task="classification",
         metric="accuracy",
         higher_is_better=True,
-        defaults={"epochs": 4, "lr": 4e-3, "batch_size": 128, "weight_decay": 1e-4, "width": 24, "depth": 2},
+        # batch_size is per worker; patience None: no early stopping
+        defaults=dict(epochs=4, lr=4e-3, batch_size=128, weight_decay=1e-4, patience=None, width=24, depth=2),
         architecture=("width", "depth"),
     ),
     "diamonds-regressor": ModelSpec(
@@ -39,7 +40,7 @@ SPECS = {
         task="regression",
         metric="rmse",
         higher_is_better=False,
-        defaults={"epochs": 15, "lr": 3e-3, "batch_size": 256, "weight_decay": 1e-5, "arch": "mlp", "hidden": 128},
+        defaults=dict(epochs=15, lr=3e-3, batch_size=256, weight_decay=1e-5, patience=None, arch="mlp", hidden=128),
         architecture=("arch", "hidden"),
     ),
 }

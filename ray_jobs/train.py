@@ -35,6 +35,7 @@ from torch import nn
 from ray_jobs import tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split, read_manifest
+from ray_jobs.early_stopping import EarlyStopping
 from ray_jobs.evaluate import predict_in_batches, score
 from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
 from ray_jobs.settings import Settings
@@ -118,6 +119,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     loss_fn = _loss(spec)
 
+    stopper = EarlyStopping(hp["patience"], spec.higher_is_better)
     start_epoch = 0
     if checkpoint := ray.train.get_checkpoint():  # a restarted worker group, or a resumed run
         with checkpoint.as_directory() as directory:
@@ -125,6 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        stopper.load_state_dict(state["early_stopping"])
         start_epoch = state["epoch"]
 
     tracker = tracking.RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
@@ -159,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "samples_per_second": steps_per_epoch * hp["batch_size"] * world / seconds,
             "lr": schedule.get_last_lr()[0],
         }
+        stop = stopper.update(val[spec.metric])
         if rank == 0:
             tracker.log_epoch(metrics, step=epoch + 1)
             summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train_", "val_")))
@@ -172,12 +176,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
                         "epoch": epoch + 1,
+                        "early_stopping": stopper.state_dict(),
                     },
                     Path(directory) / CHECKPOINT_FILE,
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics, checkpoint=None)
+        if stop:
+            if tracker:
+                tracker.log_epoch({"early_stopped_at_epoch": epoch + 1}, step=epoch + 1)
+            break
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -207,6 +216,8 @@ def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any] | None, epochs: i
     for name in ("epochs", "batch_size"):
         if not isinstance(hp[name], int) or hp[name] < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {hp[name]!r}")
+    if hp["patience"] is not None and (not isinstance(hp["patience"], int) or hp["patience"] < 1):
+        raise ValueError(f"patience must be empty (no early stopping) or an integer >= 1, got {hp['patience']!r}")
     if not hp["lr"] > 0:
         raise ValueError(f"lr must be > 0, got {hp['lr']!r}")
     return hp

@@ -1,5 +1,5 @@
-"""Ray Train failure handling: a worker killed mid-training is replaced, the run resumes from its
-last checkpoint (it does not start over) and finishes with every epoch logged."""
+"""How training ends when things go wrong: a worker killed mid-training is replaced and the run
+resumes from its last checkpoint (it does not start over); a run that stops improving stops early."""
 
 from __future__ import annotations
 
@@ -82,3 +82,17 @@ def test_killed_worker_is_replaced_and_training_resumes(local_ray, state_dir):
     steps = [m.step for m in client.get_metric_history(result["run_id"], "val_rmse")]
     assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
     assert run.data.metrics["test_r2"] > 0.9
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(local_ray, state_dir):
+    """A learning rate far too high makes validation worse; patience 1 stops the run early."""
+    settings = Settings()
+    dataset_dir = _prepare_diamonds(settings)
+    result = run_training(
+        "diamonds-regressor", dataset_dir, epochs=8, num_workers=1, hparams={"lr": 3.0, "patience": 1}
+    )
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    stopped = client.get_metric_history(result["run_id"], "early_stopped_at_epoch")
+    assert len(stopped) == 1 and stopped[0].value < 8
+    epochs = sorted(m.step for m in client.get_metric_history(result["run_id"], "val_rmse"))
+    assert epochs == list(range(1, int(stopped[0].value) + 1))
