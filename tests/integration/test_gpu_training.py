@@ -1,0 +1,28 @@
+"""The GPU path (CUDA device, NCCL, bf16 autocast, channels_last) on a real CUDA machine."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+
+from flows.datasets import mnist
+from flows.datasets.store import write_version
+from ray_jobs.settings import Settings
+from ray_jobs.train import run_training
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device here: the GPU training path (NCCL, bf16 autocast, channels_last) is not exercised",
+)
+
+
+def test_cnn_trains_on_gpu(local_ray, state_dir):
+    settings = Settings()
+    raw, _ = mnist.read_verified(settings.mnist_path(), settings.mnist_sha256)
+    tables, manifest = mnist.transform(mnist.parse(raw, settings.mnist_path()), seed=0, val_size=1000, limit_rows=5000)
+    dataset_dir = write_version(settings.data_store, "mnist", "gpu-test", tables, manifest)
+    result = run_training("mnist-cnn", dataset_dir, epochs=2, num_workers=1, use_gpu=True)
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
+    assert run.data.params["device"] == "cuda"
+    assert result["metrics"]["test_accuracy"] > 0.8
