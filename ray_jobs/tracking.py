@@ -36,10 +36,6 @@ def ensure_experiment(settings: Settings) -> str:
         return mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
 
 
-def start_run(experiment_id: str, run_name: str):
-    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-
-
 def git_commit() -> str:
     """The code version: the repo's HEAD, or SKYTRAIN_GIT_COMMIT where there is no .git (a cluster)."""
     if commit := os.environ.get("SKYTRAIN_GIT_COMMIT"):

@@ -257,7 +257,7 @@ def run_training(
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
-    with tracking.start_run(experiment_id, run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed)
         trainer = TorchTrainer(
             train_loop_per_worker,

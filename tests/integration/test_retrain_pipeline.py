@@ -76,7 +76,7 @@ def _register_untrained(key: str) -> str:
     dataset_dir = next((settings.data_store / spec.dataset).iterdir())
     manifest = read_manifest(dataset_dir)
     features, _ = load_split(dataset_dir, "test", manifest)
-    with tracking.start_run(tracking.ensure_experiment(settings), f"untrained-{key}") as run:
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(settings), run_name=f"untrained-{key}") as run:
         return tracking.log_and_register(
             build_model(spec, manifest, spec.defaults), spec, features[:5], manifest, spec.defaults, run.info.run_id
         )
