@@ -36,6 +36,18 @@ def ensure_experiment(settings: Settings) -> str:
         return mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
 
 
+def unfinished_run_id(experiment_id: str, run_name: str) -> str | None:
+    """The run of that name that never finished (crashed or killed), if any; a finished one is final."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}'",
+        output_format="list",
+    )
+    if any(run.info.status == "FINISHED" for run in runs):
+        raise ValueError(f"a training named '{run_name}' already finished: choose another run name")
+    return runs[0].info.run_id if runs else None
+
+
 def git_commit() -> str:
     """The code version: the repo's HEAD, or SKYTRAIN_GIT_COMMIT where there is no .git (a cluster)."""
     if commit := os.environ.get("SKYTRAIN_GIT_COMMIT"):

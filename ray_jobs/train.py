@@ -237,7 +237,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Train one model on one dataset version with Ray Train, log it and register it.
 
-    Needs a connected Ray (``ray.init``). Returns run id, registered version and metrics.
+    Needs a connected Ray (``ray.init``). Returns run id, registered version and metrics. Rerunning a
+    crashed training with the same ``run_name`` resumes it (same MLflow run, latest checkpoint).
     """
     settings = settings or Settings()
     spec = spec_for(model)
@@ -257,8 +258,12 @@ def run_training(
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed)
+    # Same run name as an unfinished run: continue its MLflow run, as Ray Train continues from the
+    # checkpoints it left under <storage_path>/<run_name>.
+    unfinished = tracking.unfinished_run_id(experiment_id, run_name)
+    with mlflow.start_run(run_id=unfinished, experiment_id=experiment_id, run_name=run_name) as run:
+        if unfinished is None:
+            tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={

@@ -1,16 +1,21 @@
 """How training ends when things go wrong: a worker killed mid-training is replaced and the run
-resumes from its last checkpoint (it does not start over); a run that stops improving stops early."""
+resumes from its last checkpoint (it does not start over); a crashed training rerun under the same
+name continues; a run that stops improving stops early."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import mlflow
 import psutil
+import pytest
 
 from flows.datasets import diamonds
 from flows.datasets.store import write_version
@@ -96,3 +101,49 @@ def test_early_stopping_ends_a_run_that_stopped_improving(local_ray, state_dir):
     assert len(stopped) == 1 and stopped[0].value < 8
     epochs = sorted(m.step for m in client.get_metric_history(result["run_id"], "val_rmse"))
     assert epochs == list(range(1, int(stopped[0].value) + 1))
+
+
+CRASHING_DRIVER = """
+import sys
+import ray
+from ray_jobs.train import run_training
+ray.init(num_cpus=2)
+run_training("diamonds-regressor", sys.argv[1], epochs=int(sys.argv[2]), num_workers=1, run_name=sys.argv[3])
+"""
+
+
+def test_rerun_with_the_same_run_name_resumes_a_crashed_training(local_ray, state_dir):
+    """The whole training process (driver, its Ray, its workers) is killed; a rerun continues it."""
+    settings = Settings()
+    dataset_dir = _prepare_diamonds(settings)
+    run_name = "crashed"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_DRIVER, str(dataset_dir), str(EPOCHS), run_name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _registered_checkpoints(state_dir / "ray_results" / run_name):
+            assert driver.poll() is None and time.monotonic() < deadline, "no checkpoint before the driver ended"
+            time.sleep(0.2)
+    finally:  # crash it: the driver and everything it started, by PID
+        tree = [psutil.Process(driver.pid), *psutil.Process(driver.pid).children(recursive=True)]
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(tree, timeout=30)
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+    [crashed] = client.search_runs([experiment], filter_string=f"attributes.run_name = '{run_name}'")
+    assert crashed.info.status == "RUNNING"
+
+    result = run_training("diamonds-regressor", dataset_dir, epochs=EPOCHS, num_workers=1, run_name=run_name)
+    assert result["run_id"] == crashed.info.run_id
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    resumed = client.get_metric_history(result["run_id"], "resumed_from_epoch")
+    assert resumed and all(1 <= m.value < EPOCHS for m in resumed), "the rerun started over"
+    with pytest.raises(ValueError, match="already finished"):
+        run_training("diamonds-regressor", dataset_dir, epochs=EPOCHS, num_workers=1, run_name=run_name)
