@@ -55,7 +55,14 @@ def job_environment(settings: Settings) -> dict[str, str]:
 
 
 def training_entrypoint(
-    model: str, dataset_dir: str, epochs: int | None, num_workers: int, use_gpu: bool | None, seed: int, hparams: dict
+    model: str,
+    dataset_dir: str,
+    epochs: int | None,
+    num_workers: int,
+    use_gpu: bool | None,
+    seed: int,
+    hparams: dict,
+    run_name: str | None = None,
 ) -> str:
     args = ["python", "-m", "ray_jobs.train", "--model", model, "--dataset-dir", str(dataset_dir)]
     args += ["--num-workers", str(num_workers), "--seed", str(seed), "--hparams", json.dumps(hparams or {})]
@@ -63,6 +70,8 @@ def training_entrypoint(
         args += ["--epochs", str(epochs)]
     if use_gpu is not None:
         args += ["--use-gpu" if use_gpu else "--no-use-gpu"]
+    if run_name:
+        args += ["--run-name", run_name]
     return shlex.join(args)
 
 

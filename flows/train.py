@@ -26,12 +26,15 @@ def train(
     seed: int = 42,
     hparams: dict[str, Any] | None = None,
     jobs_address: str | None = None,
+    run_name: str | None = None,
 ) -> dict:
     """Train ``model`` with Ray Train on a dataset version (default: the latest one).
 
     ``epochs`` overrides the model's default; ``use_gpu`` defaults to "when the cluster has GPUs";
     ``hparams`` overrides other defaults (CNN: lr, batch_size per worker, weight_decay, width, depth;
-    regressor: lr, batch_size, weight_decay, arch ``mlp`` or ``linear``, hidden).
+    regressor: lr, batch_size, weight_decay, arch ``mlp`` or ``linear``, hidden; both: patience);
+    ``run_name`` names the MLflow run and Ray Train's folder: rerunning a crashed training under the
+    same name resumes it from its last checkpoint.
 
     Where it runs: with ``jobs_address`` (default ``SKYTRAIN_RAY_JOBS_ADDRESS``), the Ray Jobs API
     of a cluster (its dashboard, ``http://<head>:8265``) runs it as a job; otherwise in this
@@ -46,7 +49,9 @@ def train(
     resolve_hparams(spec, hparams, epochs)  # refuse bad values here, before a cluster is involved
     jobs_address = jobs_address or settings.ray_jobs_address
     if jobs_address:
-        entrypoint = training_entrypoint(model, str(dataset_dir), epochs, num_workers, use_gpu, seed, hparams)
+        entrypoint = training_entrypoint(
+            model, str(dataset_dir), epochs, num_workers, use_gpu, seed, hparams, run_name=run_name
+        )
         result = run_training_job(jobs_address, entrypoint, settings, logger)
     else:
         with ray_session(settings.ray_address):
@@ -58,6 +63,7 @@ def train(
                 use_gpu=use_gpu,
                 seed=seed,
                 hparams=hparams,
+                run_name=run_name,
                 settings=settings,
             )
     logger.info(
