@@ -49,6 +49,9 @@ def job_environment(settings: Settings) -> dict[str, str]:
         "SKYTRAIN_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
         "SKYTRAIN_RAY_STORAGE_PATH": settings.ray_storage_path,
         "SKYTRAIN_RAY_LOG_LEVEL": settings.ray_log_level,
+        "SKYTRAIN_RESIDENT_DATA": settings.resident_data,
+        "SKYTRAIN_DATA_CPUS": str(settings.data_cpus),
+        "SKYTRAIN_TORCH_COMPILE": str(settings.torch_compile).lower(),
         "SKYTRAIN_GIT_COMMIT": git_commit(),  # the uploaded working_dir has no .git
     }
     return env | {name: os.environ[name] for name in PASSTHROUGH if os.environ.get(name)}
@@ -63,6 +66,7 @@ def training_entrypoint(
     seed: int,
     hparams: dict,
     run_name: str | None = None,
+    compile_model: bool | None = None,
 ) -> str:
     args = ["python", "-m", "ray_jobs.train", "--model", model, "--dataset-dir", str(dataset_dir)]
     args += ["--num-workers", str(num_workers), "--seed", str(seed), "--hparams", json.dumps(hparams or {})]
@@ -72,6 +76,8 @@ def training_entrypoint(
         args += ["--use-gpu" if use_gpu else "--no-use-gpu"]
     if run_name:
         args += ["--run-name", run_name]
+    if compile_model is not None:
+        args += ["--compile" if compile_model else "--no-compile"]
     return shlex.join(args)
 
 

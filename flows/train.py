@@ -27,6 +27,7 @@ def train(
     hparams: dict[str, Any] | None = None,
     jobs_address: str | None = None,
     run_name: str | None = None,
+    compile_model: bool | None = None,
 ) -> dict:
     """Train ``model`` with Ray Train on a dataset version (default: the latest one).
 
@@ -34,7 +35,8 @@ def train(
     ``hparams`` overrides other defaults (CNN: lr, batch_size per worker, weight_decay, width, depth;
     regressor: lr, batch_size, weight_decay, arch ``mlp`` or ``linear``, hidden; both: patience);
     ``run_name`` names the MLflow run and Ray Train's folder: rerunning a crashed training under the
-    same name resumes it from its last checkpoint.
+    same name resumes it from its last checkpoint. ``compile_model`` trains a ``torch.compile``-d
+    model (default ``SKYTRAIN_TORCH_COMPILE``, off): worth it on GPUs, not for short CPU runs.
 
     Where it runs: with ``jobs_address`` (default ``SKYTRAIN_RAY_JOBS_ADDRESS``), the Ray Jobs API
     of a cluster (its dashboard, ``http://<head>:8265``) runs it as a job; otherwise in this
@@ -50,7 +52,15 @@ def train(
     jobs_address = jobs_address or settings.ray_jobs_address
     if jobs_address:
         entrypoint = training_entrypoint(
-            model, str(dataset_dir), epochs, num_workers, use_gpu, seed, hparams, run_name=run_name
+            model,
+            str(dataset_dir),
+            epochs,
+            num_workers,
+            use_gpu,
+            seed,
+            hparams,
+            run_name=run_name,
+            compile_model=compile_model,
         )
         result = run_training_job(jobs_address, entrypoint, settings, logger)
     else:
@@ -64,6 +74,7 @@ def train(
                 seed=seed,
                 hparams=hparams,
                 run_name=run_name,
+                compile_model=compile_model,
                 settings=settings,
             )
     logger.info(

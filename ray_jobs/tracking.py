@@ -66,13 +66,23 @@ def git_commit() -> str:
 
 
 def log_training_inputs(
-    spec: ModelSpec, manifest: dict, dataset_dir: str, hparams: dict, num_workers: int, use_gpu: bool, seed: int
+    spec: ModelSpec,
+    manifest: dict,
+    dataset_dir: str,
+    hparams: dict,
+    num_workers: int,
+    use_gpu: bool,
+    seed: int,
+    runtime: dict | None = None,
 ) -> None:
+    """Hyperparameters, run settings (``runtime``: how it ran), dataset and code version of a run."""
     commit = git_commit()
     device = "cuda" if use_gpu else "cpu"
     mlflow.log_params(
         {**hparams, "model": spec.key, "num_workers": num_workers, "use_gpu": use_gpu, "device": device, "seed": seed}
     )
+    if runtime:
+        mlflow.log_params(runtime)
     mlflow.log_params({"dataset": manifest["dataset"], "dataset_version": manifest["version"]})
     mlflow.set_tags(
         {

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlflow
 import ray
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -37,27 +38,22 @@ from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.early_stopping import EarlyStopping
 from ray_jobs.evaluate import predict_in_batches, score
+from ray_jobs.feed import ShardFeed, fits_on_device
 from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
 from ray_jobs.settings import Settings
 
 CHECKPOINT_FILE = "checkpoint.pt"
+DATA_TASK_CPUS = 0.25  # per Ray Data read task: small, so reads fit beside the training workers
 RESULT_MARKER = "SKYTRAIN_RESULT "  # the CLI's last line: how a Ray job hands its result back
 
 
-def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.Tensor:
-    """A shuffled, equal-sized share of ``n`` rows: equal sizes keep DDP's collectives in step."""
-    order = torch.randperm(n, generator=generator)
-    return order[rank::world][: n // world]
-
-
-def _evaluate(model: nn.Module, features, target, spec: ModelSpec, device, batch_size: int) -> dict:
+def _evaluate(model: nn.Module, feed: ShardFeed, spec: ModelSpec, device, batch_size: int) -> dict:
     """Loss and metric sums over this worker's rows, all-reduced to the global values."""
     model.eval()
     loss_fn = _loss(spec, reduction="sum")
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct / squared error, rows
     with torch.no_grad(), _autocast(device):
-        for i in range(0, len(features), batch_size):
-            x, y = features[i : i + batch_size].to(device), target[i : i + batch_size].to(device)
+        for x, y in feed.batches(batch_size):
             out = model(x).float()
             sums[0] += loss_fn(out, y).item()
             if spec.task == "classification":
@@ -82,12 +78,6 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _tensors(version_dir: str, split: str, manifest: dict, spec: ModelSpec):
-    features, target = load_split(version_dir, split, manifest)
-    target_dtype = torch.long if spec.task == "classification" else torch.float32
-    return torch.from_numpy(features), torch.as_tensor(target, dtype=target_dtype)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     spec = spec_for(config["model"])
@@ -102,18 +92,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads_per_worker"])
     torch.manual_seed(config["seed"])
 
-    manifest = read_manifest(config["dataset_dir"])
-    train_x, train_y = _tensors(config["dataset_dir"], "train", manifest, spec)
-    val_x, val_y = _tensors(config["dataset_dir"], "val", manifest, spec)
-    val_rows = _shard(len(val_x), rank, world, torch.Generator().manual_seed(0))
-    val_x, val_y = val_x[val_rows], val_y[val_rows]
-
-    model = build_model(spec, manifest, hp)
+    manifest = config["manifest"]
     # channels_last suits the tensor cores' convolution kernels; on CPU it buys nothing here.
-    memory_format = torch.channels_last if device.type == "cuda" and train_x.dim() == 4 else torch.preserve_format
-    model = ray.train.torch.prepare_model(model.to(memory_format=memory_format))
+    image_input = len(manifest["feature_shape"]) == 3
+    memory_format = torch.channels_last if device.type == "cuda" and image_input else torch.preserve_format
+    feeds = {}
+    for split in ("train", "val"):
+        rows = manifest["splits"][split]["rows"] // world  # Ray Train splits each dataset equally
+        resident = {"always": True, "never": False}.get(config["resident_data"]) or (
+            config["resident_data"] == "auto" and fits_on_device(rows, manifest, device)
+        )
+        feeds[split] = ShardFeed(
+            ray.train.get_dataset_shard(split),
+            manifest,
+            spec.task,
+            device,
+            resident=resident,
+            memory_format=memory_format,
+        )
+
+    net = build_model(spec, manifest, hp).to(memory_format=memory_format)
+    model = ray.train.torch.prepare_model(net)  # DDP around ``net``, which keeps the weights
+    if config["compile"]:
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    steps_per_epoch = max(1, (len(train_x) // world) // hp["batch_size"])
+    # Whole batches only, so every worker takes the same number of steps (DDP's collectives).
+    steps_per_epoch = max(1, (manifest["splits"]["train"]["rows"] // world) // hp["batch_size"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=hp["lr"], total_steps=hp["epochs"] * steps_per_epoch
     )
@@ -124,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint := ray.train.get_checkpoint():  # a restarted worker group, or a resumed run
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         stopper.load_state_dict(state["early_stopping"])
@@ -136,12 +140,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, hp["epochs"]):
         started = time.perf_counter()
         model.train()
-        rows = _shard(len(train_x), rank, world, torch.Generator().manual_seed(config["seed"] + epoch))
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for step in range(steps_per_epoch):
-            batch = rows[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
-            x = train_x[batch].to(device, non_blocking=True, memory_format=memory_format)
-            y = train_y[batch].to(device, non_blocking=True)
+        steps = 0
+        for x, y in feeds["train"].batches(hp["batch_size"], seed=config["seed"] + epoch, drop_last=True):
+            if steps == steps_per_epoch:  # the schedule's length; a shard is never longer, but be safe
+                continue
+            steps += 1
+            if tracker and epoch == 0 and steps == 1:  # Ray Train's fixed cost, alone (a fresh run)
+                tracker.log_epoch({"startup_seconds": time.time() - config["fit_started_at"]}, step=epoch + 1)
             with _autocast(device):
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -149,22 +155,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             schedule.step()
             total_loss += loss.detach()
-        train_loss = total_loss / steps_per_epoch
+        train_loss = total_loss / max(steps, 1)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(train_loss)
             train_loss /= world
-        val = _evaluate(model, val_x, val_y, spec, device, batch_size=4096)
+        val = _evaluate(model, feeds["val"], spec, device, batch_size=4096)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss.item(),
             **{f"val_{k}": v for k, v in val.items()},
             "epoch_seconds": (seconds := time.perf_counter() - started),
-            "samples_per_second": steps_per_epoch * hp["batch_size"] * world / seconds,
+            "samples_per_second": steps * hp["batch_size"] * world / seconds,
             "lr": schedule.get_last_lr()[0],
         }
         stop = stopper.update(val[spec.metric])
         if rank == 0:
             tracker.log_epoch(metrics, step=epoch + 1)
+            if epoch == start_epoch:
+                tracker.log_epoch({"data_resident": float(feeds["train"].is_resident)}, step=epoch + 1)
             summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train_", "val_")))
             # To the real stdout: Ray Train's print patch would also copy it into the logger (twice).
             line = f"{spec.key} epoch {epoch + 1}/{hp['epochs']} ({metrics['epoch_seconds']:.1f}s): {summary}"
@@ -172,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(
                     {
-                        "model": _unwrap(model).state_dict(),
+                        "model": net.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
                         "epoch": epoch + 1,
@@ -189,20 +197,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+def _cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> float:
+    """CPUs each worker requests.
 
-
-def _check_capacity(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
-    """Fail fast instead of waiting forever for resources a fixed-size cluster will never have."""
+    On a fixed-size (local) Ray, workers holding every CPU would leave Ray Data's read tasks none
+    and training would hang waiting for its input: keep ``settings.data_cpus`` free, and fail fast
+    when the cluster can never fit the workers. A cluster's autoscaler adds nodes instead (a Ray
+    job sees ``RAY_ADDRESS``), and there each worker asks for a whole CPU.
+    """
+    if settings.ray_address or os.environ.get("RAY_ADDRESS"):
+        return 1.0
     available = ray.cluster_resources()
-    needed = {"CPU": num_workers * cpus_per_worker, **({"GPU": num_workers} if use_gpu else {})}
-    for resource, amount in needed.items():
-        if available.get(resource, 0) < amount:
-            raise ValueError(
-                f"num_workers={num_workers} needs {amount:g} {resource} but the Ray cluster has "
-                f"{available.get(resource, 0):g}: lower num_workers or use a bigger cluster"
-            )
+    cpus, gpus = available.get("CPU", 0), available.get("GPU", 0)
+    if use_gpu and gpus < num_workers:
+        raise ValueError(f"num_workers={num_workers} needs {num_workers} GPU but the Ray cluster has {gpus:g}")
+    if num_workers > cpus or cpus <= settings.data_cpus:
+        raise ValueError(
+            f"num_workers={num_workers} needs about a CPU each and the Ray cluster has {cpus:g} "
+            f"(keeping {settings.data_cpus:g} for data loading): lower num_workers or use a bigger cluster"
+        )
+    return min(1.0, (cpus - settings.data_cpus) / num_workers)
+
+
+def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
+    """The training and validation splits as Ray Data datasets, which Ray Train shards per worker."""
+    context = ray.data.DataContext.get_current()  # travels with the datasets to Ray Data's actors
+    if logging.getLevelName(log_level) > logging.INFO:
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+    return {
+        split: ray.data.read_parquet(f"{dataset_dir}/{split}.parquet", num_cpus=DATA_TASK_CPUS)
+        for split in ("train", "val")
+    }
 
 
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any] | None, epochs: int | None = None) -> dict[str, Any]:
@@ -233,6 +259,7 @@ def run_training(
     seed: int = 42,
     run_name: str | None = None,
     hparams: dict[str, Any] | None = None,
+    compile_model: bool | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Train one model on one dataset version with Ray Train, log it and register it.
@@ -251,31 +278,38 @@ def run_training(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
-    cpus_per_worker = 1.0
-    # A local Ray cannot grow; a cluster's autoscaler may add nodes (a Ray job sees RAY_ADDRESS).
-    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")):
-        _check_capacity(num_workers, cpus_per_worker, use_gpu)
+    cpus_per_worker = _cpus_per_worker(num_workers, use_gpu, settings)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
     # Same run name as an unfinished run: continue its MLflow run, as Ray Train continues from the
     # checkpoints it left under <storage_path>/<run_name>.
     unfinished = tracking.unfinished_run_id(experiment_id, run_name)
+    compile_model = settings.torch_compile if compile_model is None else compile_model
+    runtime = {
+        "cpus_per_worker": cpus_per_worker,
+        "resident_data": settings.resident_data,
+        "torch_compile": compile_model,
+    }
     with mlflow.start_run(run_id=unfinished, experiment_id=experiment_id, run_name=run_name) as run:
         if unfinished is None:
-            tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed)
+            tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed, runtime)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "model": model,
                 "hparams": hp,
                 "seed": seed,
-                "dataset_dir": dataset_dir,
-                "threads_per_worker": int(cpus_per_worker),
+                "manifest": manifest,
+                "resident_data": settings.resident_data,
+                "compile": compile_model,
+                "threads_per_worker": max(1, int(cpus_per_worker)),
                 "tracking_uri": settings.mlflow_tracking_uri,
                 "run_id": run.info.run_id,
                 "log_level": settings.ray_log_level,
+                "fit_started_at": time.time(),  # wall clock: compared across processes
             },
+            datasets=_datasets(dataset_dir, settings.ray_log_level),
             scaling_config=ScalingConfig(
                 num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
             ),
@@ -337,6 +371,7 @@ def main() -> None:
     parser.add_argument("--run-name")
     parser.add_argument("--hparams", type=json.loads, default={}, help="JSON object of hyperparameter overrides")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
     args = parser.parse_args()
     settings = Settings()
     with ray_session(settings.ray_address):
@@ -349,6 +384,7 @@ def main() -> None:
             seed=args.seed,
             run_name=args.run_name,
             hparams=args.hparams,
+            compile_model=args.compile,
             settings=settings,
         )
     print(RESULT_MARKER + json.dumps(result, default=str), flush=True)

@@ -1,4 +1,5 @@
-"""The GPU path (CUDA device, NCCL, bf16 autocast, channels_last) on a real CUDA machine."""
+"""The GPU path (CUDA device, NCCL, bf16 autocast, channels_last, data resident on the GPU,
+optionally torch.compile) on a real CUDA machine."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from ray_jobs.train import run_training
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="no CUDA device here: the GPU training path (NCCL, bf16 autocast, channels_last) is not exercised",
+    reason="no CUDA device here: the GPU training path (NCCL, bf16 autocast, channels_last, data resident on "
+    "the GPU, torch.compile) is not exercised",
 )
 
 
-def test_cnn_trains_on_gpu(local_ray, state_dir):
+@pytest.mark.parametrize("compile_model", [False, True], ids=["eager", "compiled"])
+def test_cnn_trains_on_gpu(local_ray, state_dir, compile_model):
     settings = Settings()
     raw, _ = mnist.read_verified(settings.mnist_path(), settings.mnist_sha256)
     tables, manifest = mnist.transform(mnist.parse(raw, settings.mnist_path()), seed=0, val_size=1000, limit_rows=5000)
     dataset_dir = write_version(settings.data_store, "mnist", "gpu-test", tables, manifest)
-    result = run_training("mnist-cnn", dataset_dir, epochs=2, num_workers=1, use_gpu=True)
-    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
+    result = run_training("mnist-cnn", dataset_dir, epochs=2, num_workers=1, use_gpu=True, compile_model=compile_model)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(result["run_id"])
     assert run.data.params["device"] == "cuda"
+    assert run.data.metrics["data_resident"] == 1.0  # 4000 MNIST rows fit on any GPU
     assert result["metrics"]["test_accuracy"] > 0.8

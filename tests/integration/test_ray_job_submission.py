@@ -16,8 +16,11 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+from prefect.settings import PREFECT_API_URL
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from flows.data_prep import prepare_diamonds
+from flows.ray_job import PROJECT_ROOT
 from flows.train import train
 from ray_jobs.settings import Settings
 
@@ -98,6 +101,42 @@ def test_train_flow_submits_a_ray_job_and_finds_its_run(prefect_api, state_dir, 
     assert len(run.data.tags["skytrain.git_commit"]) >= 7
     version = client.get_model_version("skytrain-diamonds-regressor", result["version"])
     assert version.run_id == result["run_id"]
+
+
+def _job_ids(address: str) -> set[str]:
+    return {job.submission_id for job in JobSubmissionClient(address).list_jobs()}
+
+
+def test_interrupting_the_flow_stops_its_job(prefect_api, state_dir, ray_head):
+    """A Prefect worker cancels a flow run by terminating its process: the Ray job must stop too."""
+    dataset = prepare_diamonds(limit_rows=3000)
+    before = _job_ids(ray_head)
+    script = (
+        "from flows.train import train; "
+        f"train(model='diamonds-regressor', dataset_version='{dataset['version']}', epochs=10000, "
+        f"num_workers=1, jobs_address='{ray_head}')"
+    )
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    flow_process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT)
+    client = JobSubmissionClient(ray_head)
+    try:
+        deadline = time.monotonic() + 180
+        job_id = None
+        while job_id is None or "epoch 1/" not in client.get_job_logs(job_id):  # training under way
+            assert time.monotonic() < deadline, "the flow's job never started training"
+            assert flow_process.poll() is None, "the flow ended before it was interrupted"
+            job_id = next(iter(_job_ids(ray_head) - before), None)
+            time.sleep(1)
+        flow_process.send_signal(signal.SIGTERM)
+        assert flow_process.wait(timeout=120) != 0
+    finally:
+        if flow_process.poll() is None:
+            flow_process.kill()
+    deadline = time.monotonic() + 60
+    while (status := client.get_job_status(job_id)) != JobStatus.STOPPED:
+        assert not status.is_terminal(), f"job ended {status} instead of being stopped"
+        assert time.monotonic() < deadline, f"job still {status} a minute after its flow was interrupted"
+        time.sleep(1)
 
 
 def test_a_failing_job_fails_the_flow(prefect_api, state_dir, ray_head):

@@ -54,6 +54,10 @@ def test_training_run_records_params_epochs_lineage_and_plots(first_run, client)
         assert run.data.params["dataset_version"] == row["dataset_version"].split("/")[1]
         assert run.data.params["num_workers"] == "2" and run.data.params["epochs"] == str(EPOCHS)
         assert len(run.data.tags["skytrain.git_commit"]) >= 7
+        # two workers share the two CPUs with Ray Data's reads; the small slice stays resident
+        assert float(run.data.params["cpus_per_worker"]) == 0.5
+        assert run.data.metrics["data_resident"] == 1.0
+        assert 0 < run.data.metrics["startup_seconds"] < run.data.metrics["phase_fit_seconds"]
         # per-epoch metrics logged once (by rank 0), not once per worker
         for metric in ("train_loss", "val_loss", f"val_{spec.metric}"):
             history = client.get_metric_history(row["run_id"], metric)
