@@ -17,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 from flows.data_prep import prepare_diamonds, prepare_mnist
 from flows.promote import CHAMPION, promote
 from flows.train import ModelName, train
+from ray_jobs import tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split
 from ray_jobs.models import spec_for
@@ -48,16 +49,26 @@ def retrain(
     seed: int = 42,
     limit_rows: int | None = None,
     hparams: dict[ModelName, dict[str, Any]] | None = None,
+    tuned: bool = False,
 ) -> list[dict]:
     """Prepare data, train, gate and smoke-test each model; returns one summary row per model.
 
     ``epochs`` overrides every model's default; ``limit_rows`` caps each dataset split (quick runs);
-    ``hparams`` maps a model to overrides of its other hyperparameters (see the ``train`` flow).
+    ``hparams`` maps a model to overrides of its other hyperparameters (see the ``train`` flow);
+    ``tuned`` starts from the best configuration of the model's latest ``tune`` search (``hparams``
+    still override it).
     """
     settings, logger = Settings(), get_run_logger()
     specs = {m: spec_for(m) for m in dict.fromkeys(models)}
+    hparams = {m: dict((hparams or {}).get(m) or {}) for m in specs}
+    for m in specs if tuned else ():
+        found = tracking.tuned_hparams(m, settings)
+        if found is None:
+            raise ValueError(f"tuned=True but '{m}' has no finished tune search in MLflow: run the tune flow first")
+        hparams[m] = {**found[0], **hparams[m]}
+        logger.info("%s: hyperparameters %s from tune search run %s", m, found[0], found[1])
     for m, spec in specs.items():  # refuse bad hyperparameters before any work starts
-        resolve_hparams(spec, (hparams or {}).get(m), epochs)
+        resolve_hparams(spec, hparams[m], epochs)
     datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
 
     # One Ray connection for all trainings, unless they go to a cluster as Ray jobs.
@@ -70,7 +81,7 @@ def retrain(
                 num_workers=num_workers,
                 use_gpu=use_gpu,
                 seed=seed,
-                hparams=(hparams or {}).get(m),
+                hparams=hparams[m],
             )
             for m, spec in specs.items()
         }

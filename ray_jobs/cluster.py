@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
+from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
+
+
+def init_local(**options: Any) -> None:
+    """Start a local Ray whose processes know its address.
+
+    Ray Train's placement-group cleaner looks its Ray up through the State API; with another Ray
+    running on the same machine it cannot tell which is its own ("Found multiple active Ray
+    instances") and stops, leaking the placement groups of trainings that end abruptly (a Tune
+    trial stopped by ASHA). A fixed GCS port, exported to every worker as ``RAY_ADDRESS``, settles it.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runtime_env = options.pop("runtime_env", None) or {}
+    env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    previous = os.environ.get(GCS_PORT_ENVIRONMENT_VARIABLE)
+    os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
+    try:
+        ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
+    finally:
+        if previous is None:
+            os.environ.pop(GCS_PORT_ENVIRONMENT_VARIABLE, None)
+        else:
+            os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = previous
 
 
 @contextmanager
@@ -18,7 +46,11 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=address or None)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        init_local()
     try:
         yield
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -46,6 +47,25 @@ def unfinished_run_id(experiment_id: str, run_name: str) -> str | None:
     if any(run.info.status == "FINISHED" for run in runs):
         raise ValueError(f"a training named '{run_name}' already finished: choose another run name")
     return runs[0].info.run_id if runs else None
+
+
+def tuned_hparams(model: str, settings: Settings) -> tuple[dict, str] | None:
+    """The best hyperparameters of the newest finished search for ``model``, and that search's run id."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`skytrain.kind` = 'tune' and tags.`skytrain.model` = '{model}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs or "skytrain.tune.best_hparams" not in runs[0].data.tags:
+        return None
+    return json.loads(runs[0].data.tags["skytrain.tune.best_hparams"]), runs[0].info.run_id
 
 
 def git_commit() -> str:

@@ -197,7 +197,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
 
-def _cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> float:
+def on_cluster(settings: Settings) -> bool:
+    """Connected to a Ray cluster (whose autoscaler may add nodes), not a local fixed-size Ray."""
+    return bool(settings.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> float:
     """CPUs each worker requests.
 
     On a fixed-size (local) Ray, workers holding every CPU would leave Ray Data's read tasks none
@@ -205,7 +210,7 @@ def _cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> flo
     when the cluster can never fit the workers. A cluster's autoscaler adds nodes instead (a Ray
     job sees ``RAY_ADDRESS``), and there each worker asks for a whole CPU.
     """
-    if settings.ray_address or os.environ.get("RAY_ADDRESS"):
+    if on_cluster(settings):
         return 1.0
     available = ray.cluster_resources()
     cpus, gpus = available.get("CPU", 0), available.get("GPU", 0)
@@ -229,6 +234,61 @@ def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
         split: ray.data.read_parquet(f"{dataset_dir}/{split}.parquet", num_cpus=DATA_TASK_CPUS)
         for split in ("train", "val")
     }
+
+
+def make_trainer(
+    spec: ModelSpec,
+    manifest: dict[str, Any],
+    dataset_dir: str,
+    hp: dict[str, Any],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    seed: int,
+    run_id: str,
+    run_name: str,
+    compile_model: bool,
+    settings: Settings,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """The ``TorchTrainer`` of one training: its rank 0 logs into the MLflow run ``run_id``.
+
+    Checkpoints land in ``<ray_storage_path>/<run_name>`` (the best two by validation metric are
+    kept); a failed worker group is restarted from the latest one, twice at most.
+    """
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model": spec.key,
+            "hparams": hp,
+            "seed": seed,
+            "manifest": manifest,
+            "resident_data": settings.resident_data,
+            "compile": compile_model,
+            "threads_per_worker": max(1, int(cpus_per_worker)),
+            "tracking_uri": settings.mlflow_tracking_uri,
+            "run_id": run_id,
+            "log_level": settings.ray_log_level,
+            "fit_started_at": time.time(),  # wall clock: compared across processes
+        },
+        datasets=_datasets(dataset_dir, settings.ray_log_level),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=settings.ray_storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=f"val_{spec.metric}",
+                checkpoint_score_order="max" if spec.higher_is_better else "min",
+            ),
+            failure_config=FailureConfig(max_failures=2),
+            logging_config=ray.LoggingConfig(log_level=settings.ray_log_level),
+            callbacks=callbacks,
+        ),
+    )
 
 
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any] | None, epochs: int | None = None) -> dict[str, Any]:
@@ -278,7 +338,7 @@ def run_training(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
-    cpus_per_worker = _cpus_per_worker(num_workers, use_gpu, settings)
+    worker_cpus = cpus_per_worker(num_workers, use_gpu, settings)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
@@ -287,43 +347,26 @@ def run_training(
     unfinished = tracking.unfinished_run_id(experiment_id, run_name)
     compile_model = settings.torch_compile if compile_model is None else compile_model
     runtime = {
-        "cpus_per_worker": cpus_per_worker,
+        "cpus_per_worker": worker_cpus,
         "resident_data": settings.resident_data,
         "torch_compile": compile_model,
     }
     with mlflow.start_run(run_id=unfinished, experiment_id=experiment_id, run_name=run_name) as run:
         if unfinished is None:
             tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed, runtime)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "model": model,
-                "hparams": hp,
-                "seed": seed,
-                "manifest": manifest,
-                "resident_data": settings.resident_data,
-                "compile": compile_model,
-                "threads_per_worker": max(1, int(cpus_per_worker)),
-                "tracking_uri": settings.mlflow_tracking_uri,
-                "run_id": run.info.run_id,
-                "log_level": settings.ray_log_level,
-                "fit_started_at": time.time(),  # wall clock: compared across processes
-            },
-            datasets=_datasets(dataset_dir, settings.ray_log_level),
-            scaling_config=ScalingConfig(
-                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-            ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=settings.ray_storage_path,
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=2,
-                    checkpoint_score_attribute=f"val_{spec.metric}",
-                    checkpoint_score_order="max" if spec.higher_is_better else "min",
-                ),
-                failure_config=FailureConfig(max_failures=2),
-                logging_config=ray.LoggingConfig(log_level=settings.ray_log_level),
-            ),
+        trainer = make_trainer(
+            spec,
+            manifest,
+            dataset_dir,
+            hp,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            cpus_per_worker=worker_cpus,
+            seed=seed,
+            run_id=run.info.run_id,
+            run_name=run_name,
+            compile_model=compile_model,
+            settings=settings,
         )
         started = time.perf_counter()
         result = trainer.fit()
