@@ -1,4 +1,4 @@
-"""Reading a prepared dataset version: its manifest and its Parquet splits as arrays."""
+"""Reading a prepared dataset version (a local directory or ``s3://``): manifest and splits as arrays."""
 
 from __future__ import annotations
 
@@ -7,22 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from ray_jobs import storage
 
 MANIFEST = "manifest.json"
 
 
 def read_manifest(version_dir: str | Path) -> dict[str, Any]:
-    path = Path(version_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a dataset version (no manifest); run data prep first")
-    return json.loads(path.read_text())
+    location = storage.join(version_dir, MANIFEST)
+    filesystem, path = storage.resolve(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{location}: not a dataset version (no manifest); run data prep first")
+    return json.loads(storage.read_bytes(location))
 
 
 def load_split(version_dir: str | Path, split: str, manifest: dict[str, Any] | None = None):
     """Features shaped as the model expects (float32) and targets, for one split."""
     manifest = manifest or read_manifest(version_dir)
-    table = pq.read_table(Path(version_dir) / f"{split}.parquet")
+    filesystem, path = storage.resolve(storage.join(version_dir, f"{split}.parquet"))
+    table = pq.read_table(path, filesystem=filesystem)
     columns = manifest["feature_columns"]
     if len(columns) == 1:  # one fixed-size list column holding the whole feature tensor
         values = table.column(columns[0]).combine_chunks().flatten().to_numpy()

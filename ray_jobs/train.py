@@ -33,7 +33,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution import context as ray_train_context
 from torch import nn
 
-from ray_jobs import tracking
+from ray_jobs import storage, tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.early_stopping import EarlyStopping
@@ -225,15 +225,16 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> floa
 
 
 def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
-    """The training and validation splits as Ray Data datasets, which Ray Train shards per worker."""
+    """The training and validation splits as Ray Data datasets (local or S3), sharded per worker."""
     context = ray.data.DataContext.get_current()  # travels with the datasets to Ray Data's actors
     if logging.getLevelName(log_level) > logging.INFO:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-    return {
-        split: ray.data.read_parquet(f"{dataset_dir}/{split}.parquet", num_cpus=DATA_TASK_CPUS)
-        for split in ("train", "val")
-    }
+    datasets = {}
+    for split in ("train", "val"):
+        filesystem, path = storage.resolve(storage.join(dataset_dir, f"{split}.parquet"))
+        datasets[split] = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=DATA_TASK_CPUS)
+    return datasets
 
 
 def make_trainer(
@@ -329,7 +330,7 @@ def run_training(
     """
     settings = settings or Settings()
     spec = spec_for(model)
-    dataset_dir = str(Path(dataset_dir).resolve())
+    dataset_dir = storage.normalize(dataset_dir)
     manifest = read_manifest(dataset_dir)
     if manifest["dataset"] != spec.dataset:
         raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")

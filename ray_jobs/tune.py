@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from ray_jobs import tracking
+from ray_jobs import storage, tracking
 from ray_jobs.dataset import read_manifest
 from ray_jobs.models import ModelSpec, spec_for
 from ray_jobs.settings import Settings
@@ -110,7 +110,7 @@ def run_search(
     """
     settings = settings or Settings()
     spec = spec_for(model)
-    dataset_dir = str(Path(dataset_dir).resolve())
+    dataset_dir = storage.normalize(dataset_dir)
     manifest = read_manifest(dataset_dir)
     if manifest["dataset"] != spec.dataset:
         raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")
