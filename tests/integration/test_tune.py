@@ -7,12 +7,12 @@ import json
 import mlflow
 import pytest
 
-from flows.retrain import retrain
+from flows.retrain import retrain, starting_hparams
 from flows.tune import tune
 from ray_jobs.models import SPECS
 from ray_jobs.settings import Settings
 
-MODEL, LIMIT_ROWS, MAX_EPOCHS = "diamonds-regressor", 3000, 3
+MODEL, LIMIT_ROWS, MAX_EPOCHS = "diamonds-regressor", 3000, 2
 
 
 def test_retrain_from_a_search_that_never_ran_is_refused(prefect_api, state_dir):
@@ -48,7 +48,8 @@ def test_search_records_trials_as_child_runs_and_seeds_retrain(prefect_api, loca
     assert best == {k: best_row[k] for k in ("lr", "batch_size", "hidden")} == search["best_hparams"]
     assert parent.data.metrics["best_val_rmse"] == pytest.approx(best_row["val_rmse"])
 
-    (row,) = retrain(models=[MODEL], epochs=1, limit_rows=LIMIT_ROWS, tuned=True)
-    params = client.get_run(row["run_id"]).data.params
-    assert float(params["lr"]) == pytest.approx(best["lr"])
-    assert (int(params["batch_size"]), int(params["hidden"])) == (best["batch_size"], best["hidden"])
+    # What retrain(tuned=True) trains with: the best configuration, under explicit overrides.
+    settings = Settings()
+    assert starting_hparams([MODEL], None, True, settings) == {MODEL: best}
+    chosen = starting_hparams([MODEL], {MODEL: {"lr": 0.5, "patience": 2}}, True, settings)
+    assert chosen == {MODEL: {**best, "lr": 0.5, "patience": 2}}

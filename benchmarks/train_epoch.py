@@ -1,0 +1,183 @@
+"""Per-epoch training time: Ray Train (1 and 2 workers) against a plain single-process PyTorch loop.
+
+Same model, hyperparameters, data and per-step batch; both hold the data in memory after the
+first pass (Ray Train's workers through ``ray_jobs/feed.py``). An epoch is one pass over the
+training rows plus the validation pass, as in ``ray_jobs/train.py``. Reported per model: the
+median epoch time (first epoch excluded: it includes Ray Data's read) with min–max, its ratio to
+the plain loop measured in the same run, and Ray Train's fixed start-up cost (``fit()`` to the
+first step) on its own.
+
+    python -m benchmarks.train_epoch            # full MNIST and diamonds, 4 epochs each
+    python -m benchmarks.train_epoch --quick    # small slices, 2 epochs: keeps the code working
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+# Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
+os.environ.setdefault("SKYTRAIN_STATE_DIR", tempfile.mkdtemp(prefix="skytrain-bench-"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import mlflow  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from flows.datasets import diamonds, mnist  # noqa: E402
+from flows.datasets.store import write_version  # noqa: E402
+from ray_jobs.cluster import ray_session  # noqa: E402
+from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
+from ray_jobs.models import build_model, spec_for  # noqa: E402
+from ray_jobs.settings import Settings  # noqa: E402
+from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
+    if model == "mnist-cnn":
+        raw, _ = mnist.read_verified(settings.mnist_path(), settings.mnist_sha256)
+        val_size = 5000 if limit_rows is None else max(100, limit_rows // 10)
+        splits = mnist.parse(raw, settings.mnist_path())
+        tables, manifest = mnist.transform(splits, seed=0, val_size=val_size, limit_rows=limit_rows)
+    else:
+        frame = diamonds.read_csv(settings.diamonds_path())
+        frame = frame if limit_rows is None else frame.head(limit_rows)
+        tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
+    return write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest)
+
+
+def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int) -> list[float]:
+    """The reference: one process, tensors in memory, the same optimizer, schedule and evaluation."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec, manifest = spec_for(model), read_manifest(dataset_dir)
+    target_dtype = torch.long if spec.task == "classification" else torch.float32
+    data = {}
+    for split in ("train", "val"):
+        x, y = load_split(dataset_dir, split, manifest)
+        data[split] = torch.from_numpy(x), torch.as_tensor(y, dtype=target_dtype)
+    net = build_model(spec, manifest, hp)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    train_x, train_y = data["train"]
+    steps = len(train_x) // hp["batch_size"]
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp["lr"], total_steps=hp["epochs"] * steps)
+    loss_fn = nn.CrossEntropyLoss() if spec.task == "classification" else nn.MSELoss()
+    times = []
+    for epoch in range(hp["epochs"]):
+        started = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch))
+        for step in range(steps):
+            rows = order[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
+            loss = loss_fn(net(train_x[rows]), train_y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        net.eval()
+        val_x, val_y = data["val"]
+        with torch.no_grad():
+            for i in range(0, len(val_x), 4096):
+                loss_fn(net(val_x[i : i + 4096]), val_y[i : i + 4096]).item()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def ray_epochs(model: str, dataset_dir: Path, hp: dict, workers: int) -> tuple[list[float], float]:
+    """Epoch times and fit()-to-first-step seconds of a real ``run_training`` (logged to MLflow)."""
+    overrides = {k: v for k, v in hp.items() if k != "epochs"}
+    result = run_training(model, dataset_dir, epochs=hp["epochs"], num_workers=workers, hparams=overrides)
+    client = mlflow.MlflowClient(Settings().mlflow_tracking_uri)
+    history = sorted(client.get_metric_history(result["run_id"], "epoch_seconds"), key=lambda m: m.step)
+    startup = client.get_run(result["run_id"]).data.metrics["startup_seconds"]
+    return [m.value for m in history], startup
+
+
+def summary(times: list[float]) -> dict:
+    steady = times[1:] or times  # the first epoch carries the first read of the data
+    return {
+        "median_s": statistics.median(steady),
+        "min_s": min(steady),
+        "max_s": max(steady),
+        "first_epoch_s": times[0],
+        "epochs": len(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small slices and 2 epochs (CI)")
+    parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts")
+    parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-train-epoch.json)")
+    args = parser.parse_args()
+    limit_rows, epochs = (3000, 2) if args.quick else (None, args.epochs or 4)
+    settings = Settings()
+    rows = []
+    with ray_session():
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        for model in args.models:
+            spec = spec_for(model)
+            hp = resolve_hparams(spec, None, epochs)
+            dataset_dir = prepare(model, limit_rows, settings)
+            baselines = {t: summary(plain_epochs(model, dataset_dir, hp, t)) for t in sorted({1, cpus})}
+            threads, baseline = min(baselines.items(), key=lambda item: item[1]["median_s"])
+            row = {"model": model, "rows": read_manifest(dataset_dir)["splits"]["train"]["rows"]}
+            row["plain_torch"] = {**baseline, "threads": threads}
+            for workers in args.workers:
+                if workers > cpus:
+                    print(f"skipping {workers} workers: the local Ray has {cpus} CPUs")
+                    continue
+                times, startup = ray_epochs(model, dataset_dir, hp, workers)
+                ray_summary = summary(times)
+                ray_summary["ratio"] = ray_summary["median_s"] / baseline["median_s"]
+                ray_summary["startup_s"] = startup
+                row[f"ray_{workers}w"] = ray_summary
+            rows.append(row)
+            print(format_row(row), flush=True)
+    report = {
+        "benchmark": "train_epoch",
+        "quick": args.quick,
+        "date": date.today().isoformat(),
+        "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__},
+        "targets": {"ray_1w": "<= 1.05x plain", "ray_2w": "<= 0.85x plain"},
+        "results": rows,
+    }
+    output = args.output or RESULTS / f"{date.today().isoformat()}-train-epoch{'-quick' if args.quick else ''}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+def format_row(row: dict) -> str:
+    base = row["plain_torch"]
+    parts = [f"{row['model']} ({row['rows']} train rows): plain torch {base['median_s']:.2f}s/epoch"]
+    parts[0] += f" ({base['threads']} thread{'s' if base['threads'] > 1 else ''})"
+    targets = {1: 1.05, 2: 0.85}
+    for workers, target in targets.items():
+        if (r := row.get(f"ray_{workers}w")) is None:
+            continue
+        verdict = "meets" if r["ratio"] <= target else "misses"
+        parts.append(
+            f"Ray Train {workers} worker{'s' if workers > 1 else ''}: {r['median_s']:.2f}s/epoch "
+            f"[{r['min_s']:.2f}-{r['max_s']:.2f}] = {r['ratio']:.2f}x ({verdict} <= {target}x); "
+            f"fit() to first step {r['startup_s']:.1f}s"
+        )
+    return "\n  ".join(parts)
+
+
+if __name__ == "__main__":
+    main()

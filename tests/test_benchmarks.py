@@ -1,0 +1,34 @@
+"""Each benchmark's quick mode runs once, so the suite keeps working (figures, not thresholds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_epoch_quick_mode_reports_ratios(tmp_path):
+    output = tmp_path / "train-epoch.json"
+    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(tmp_path / "state")}
+    subprocess.run(
+        # One model and one worker count keep CI short; the others take the same code paths.
+        [sys.executable, "-m", "benchmarks.train_epoch", "--quick", "--models", "diamonds-regressor"]
+        + ["--workers", "1", "--output", str(output)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=900,
+    )
+    report = json.loads(output.read_text())
+    assert report["quick"] is True
+    assert [row["model"] for row in report["results"]] == ["diamonds-regressor"]
+    for row in report["results"]:
+        plain = row["plain_torch"]
+        assert plain["epochs"] == 2 and 0 < plain["min_s"] <= plain["median_s"] <= plain["max_s"]
+        ray_run = row["ray_1w"]
+        assert ray_run["epochs"] == 2 and ray_run["startup_s"] > 0
+        assert ray_run["ratio"] == ray_run["median_s"] / plain["median_s"]
