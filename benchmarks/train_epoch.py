@@ -135,7 +135,8 @@ def main() -> None:
             baselines = {t: summary(plain_epochs(model, dataset_dir, hp, t)) for t in sorted({1, cpus})}
             threads, baseline = min(baselines.items(), key=lambda item: item[1]["median_s"])
             row = {"model": model, "rows": read_manifest(dataset_dir)["splits"]["train"]["rows"]}
-            row["plain_torch"] = {**baseline, "threads": threads}
+            row["plain_torch"] = {**baseline, "threads": threads}  # the fastest thread count
+            row["plain_torch_by_threads"] = {str(t): b for t, b in baselines.items()}
             for workers in args.workers:
                 if workers > cpus:
                     print(f"skipping {workers} workers: the local Ray has {cpus} CPUs")

@@ -292,6 +292,15 @@ def make_trainer(
     )
 
 
+def open_version(spec: ModelSpec, location: str | Path) -> tuple[str, dict[str, Any]]:
+    """A dataset version's normalized location and manifest, refused if it is not the model's dataset."""
+    location = storage.normalize(location)
+    manifest = read_manifest(location)
+    if manifest["dataset"] != spec.dataset:
+        raise ValueError(f"model '{spec.key}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({location})")
+    return location, manifest
+
+
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any] | None, epochs: int | None = None) -> dict[str, Any]:
     """The model's defaults with the overrides applied; unknown names and bad values are refused."""
     overrides = {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})}
@@ -330,10 +339,7 @@ def run_training(
     """
     settings = settings or Settings()
     spec = spec_for(model)
-    dataset_dir = storage.normalize(dataset_dir)
-    manifest = read_manifest(dataset_dir)
-    if manifest["dataset"] != spec.dataset:
-        raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")
+    dataset_dir, manifest = open_version(spec, dataset_dir)
     hp = resolve_hparams(spec, hparams, epochs)
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")

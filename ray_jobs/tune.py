@@ -22,11 +22,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from ray_jobs import storage, tracking
-from ray_jobs.dataset import read_manifest
+from ray_jobs import tracking
 from ray_jobs.models import ModelSpec, spec_for
 from ray_jobs.settings import Settings
-from ray_jobs.train import cpus_per_worker, make_trainer, on_cluster, resolve_hparams
+from ray_jobs.train import cpus_per_worker, make_trainer, on_cluster, open_version, resolve_hparams
 
 # A trial's own process only drives its Ray Train run: no CPU, but Tune needs a non-empty bundle.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
@@ -110,10 +109,7 @@ def run_search(
     """
     settings = settings or Settings()
     spec = spec_for(model)
-    dataset_dir = storage.normalize(dataset_dir)
-    manifest = read_manifest(dataset_dir)
-    if manifest["dataset"] != spec.dataset:
-        raise ValueError(f"model '{model}' trains on '{spec.dataset}', not on '{manifest['dataset']}' ({dataset_dir})")
+    dataset_dir, manifest = open_version(spec, dataset_dir)
     if num_samples < 1 or num_workers < 1:
         raise ValueError(f"num_samples and num_workers must be >= 1, got {num_samples} and {num_workers}")
     base = resolve_hparams(spec, hparams, max_epochs)

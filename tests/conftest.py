@@ -65,15 +65,12 @@ def local_ray():
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1 (a free port), stopped by its PID after the session."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.servers import free_ports, wait_for_http
+
+    (port,) = free_ports()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -81,15 +78,7 @@ def s3_server():
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's S3 server did not come up (exit {server.poll()})") from None
-                time.sleep(0.5)
+        wait_for_http(f"{endpoint}/moto-api/", server, "moto's S3 server", timeout=60)
         yield endpoint
     finally:
         server.terminate()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,24 +21,15 @@ from flows.data_prep import prepare_diamonds
 from flows.ray_job import PROJECT_ROOT
 from flows.train import train
 from ray_jobs.settings import Settings
+from tests.servers import free_ports, wait_for_http
 
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head` with explicit ports and its own temp dir; stopped by its own PIDs."""
-    gcs, dashboard, client, node_manager, object_manager, agent_grpc, agent_http, metrics, env_agent = _free_ports(9)
+    gcs, dashboard, client, node_manager, object_manager, agent_grpc, agent_http, metrics, env_agent = free_ports(9)
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths have a length limit
     command = [
         str(RAY), "start", "--head", "--block", "--disable-usage-stats",
@@ -58,15 +47,7 @@ def ray_head():
     head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Ray head did not come up (exit {head.poll()})") from None
-                time.sleep(1)
+        wait_for_http(f"{address}/api/version", head, "Ray head", timeout=120, poll=1)
         yield address
     finally:
         _stop([psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)])

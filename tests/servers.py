@@ -1,0 +1,32 @@
+"""Helpers for the real servers tests start on 127.0.0.1: free ports and waiting until they answer."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float, poll: float = 0.5) -> None:
+    """Until ``url`` answers; fails early if ``process`` (the server) exits, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not come up (exit {process.poll()})") from None
+            time.sleep(poll)
