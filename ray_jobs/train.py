@@ -39,7 +39,7 @@ from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.early_stopping import EarlyStopping
 from ray_jobs.evaluate import predict_in_batches, score
 from ray_jobs.feed import ShardFeed, fits_on_device
-from ray_jobs.models import SPECS, ModelSpec, build_model, spec_for
+from ray_jobs.models import SPECS, ModelSpec, build_model, memory_format, spec_for
 from ray_jobs.settings import Settings
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -93,9 +93,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
 
     manifest = config["manifest"]
-    # channels_last suits the tensor cores' convolution kernels; on CPU it buys nothing here.
-    image_input = len(manifest["feature_shape"]) == 3
-    memory_format = torch.channels_last if device.type == "cuda" and image_input else torch.preserve_format
+    layout = memory_format(manifest)
     feeds = {}
     for split in ("train", "val"):
         rows = manifest["splits"][split]["rows"] // world  # Ray Train splits each dataset equally
@@ -108,10 +106,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             spec.task,
             device,
             resident=resident,
-            memory_format=memory_format,
+            memory_format=layout,
         )
 
-    net = build_model(spec, manifest, hp).to(memory_format=memory_format)
+    net = build_model(spec, manifest, hp).to(memory_format=layout)
     model = ray.train.torch.prepare_model(net)  # DDP around ``net``, which keeps the weights
     if config["compile"]:
         model = torch.compile(model)
@@ -224,6 +222,18 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> floa
     return min(1.0, (cpus - settings.data_cpus) / num_workers)
 
 
+def threads_per_worker(concurrent_workers: int, worker_cpus: float, settings: Settings) -> int:
+    """PyTorch threads for each CPU worker.
+
+    A worker's CPU request is for Ray's scheduler; once the first epoch has read the data (kept
+    resident after it), a local Ray's cores are all the training workers'. So on a local Ray the
+    workers running at once share every core; on a cluster each uses the CPUs it asked for.
+    """
+    if on_cluster(settings):
+        return max(1, int(worker_cpus))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent_workers)
+
+
 def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
     """The training and validation splits as Ray Data datasets (local or S3), sharded per worker."""
     context = ray.data.DataContext.get_current()  # travels with the datasets to Ray Data's actors
@@ -246,6 +256,7 @@ def make_trainer(
     num_workers: int,
     use_gpu: bool,
     cpus_per_worker: float,
+    threads_per_worker: int,
     seed: int,
     run_id: str,
     run_name: str,
@@ -267,7 +278,7 @@ def make_trainer(
             "manifest": manifest,
             "resident_data": settings.resident_data,
             "compile": compile_model,
-            "threads_per_worker": max(1, int(cpus_per_worker)),
+            "threads_per_worker": threads_per_worker,
             "tracking_uri": settings.mlflow_tracking_uri,
             "run_id": run_id,
             "log_level": settings.ray_log_level,
@@ -346,6 +357,7 @@ def run_training(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     worker_cpus = cpus_per_worker(num_workers, use_gpu, settings)
+    worker_threads = threads_per_worker(num_workers, worker_cpus, settings)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)
@@ -355,6 +367,7 @@ def run_training(
     compile_model = settings.torch_compile if compile_model is None else compile_model
     runtime = {
         "cpus_per_worker": worker_cpus,
+        "threads_per_worker": worker_threads,
         "resident_data": settings.resident_data,
         "torch_compile": compile_model,
     }
@@ -369,6 +382,7 @@ def run_training(
             num_workers=num_workers,
             use_gpu=use_gpu,
             cpus_per_worker=worker_cpus,
+            threads_per_worker=worker_threads,
             seed=seed,
             run_id=run.info.run_id,
             run_name=run_name,

@@ -25,7 +25,14 @@ from ray.tune.search import BasicVariantGenerator
 from ray_jobs import tracking
 from ray_jobs.models import ModelSpec, spec_for
 from ray_jobs.settings import Settings
-from ray_jobs.train import cpus_per_worker, make_trainer, on_cluster, open_version, resolve_hparams
+from ray_jobs.train import (
+    cpus_per_worker,
+    make_trainer,
+    on_cluster,
+    open_version,
+    resolve_hparams,
+    threads_per_worker,
+)
 
 # A trial's own process only drives its Ray Train run: no CPU, but Tune needs a non-empty bundle.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
@@ -63,7 +70,11 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         parent_run_id=context["parent_run_id"],
         tags={"skytrain.kind": "tune-trial", "skytrain.tune.trial_id": trial_id},
     ) as run:
-        runtime = {"cpus_per_worker": context["cpus_per_worker"], "tune_trial": trial_id}
+        runtime = {
+            "cpus_per_worker": context["cpus_per_worker"],
+            "threads_per_worker": context["threads_per_worker"],
+            "tune_trial": trial_id,
+        }
         tracking.log_training_inputs(
             spec,
             context["manifest"],
@@ -82,6 +93,7 @@ def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             num_workers=context["num_workers"],
             use_gpu=context["use_gpu"],
             cpus_per_worker=context["cpus_per_worker"],
+            threads_per_worker=context["threads_per_worker"],
             seed=context["seed"],
             run_id=run.info.run_id,
             run_name=run_name,
@@ -153,6 +165,7 @@ def run_search(
             "num_workers": num_workers,
             "use_gpu": use_gpu,
             "cpus_per_worker": worker_cpus,
+            "threads_per_worker": threads_per_worker(concurrency * num_workers, worker_cpus, settings),
             "seed": seed,
             "name": name,
             "experiment_id": experiment_id,
