@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.data_prep import prepare_diamonds, prepare_mnist
-from flows.promote import CHAMPION, promote
+from flows.promote import promote
+from flows.registry import CHAMPION
 from flows.train import ModelName, train
 from ray_jobs import tracking
 from ray_jobs.cluster import ray_session
@@ -61,7 +62,7 @@ def retrain(
     epochs: int | None = None,
     num_workers: int = 2,
     use_gpu: bool | None = None,
-    margin: float = 0.0,
+    margin: float | None = None,
     seed: int = 42,
     limit_rows: int | None = None,
     hparams: dict[ModelName, dict[str, Any]] | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +65,12 @@ class Settings(BaseSettings):
 
     torch_compile: bool = False
     """Train a ``torch.compile``-d model (pays off on GPUs; compiling costs time up front)."""
+
+    promotion: dict[str, Any] = Field(default_factory=dict)
+    """Promotion policy overrides per model, JSON (``flows/policy.py``): metric, direction, margin, floor."""
+
+    promotion_lock_timeout: float = Field(default=600.0, gt=0)
+    """Seconds a promotion or rollback waits for another one of the same model to finish."""
 
     ray_storage_path: str | None = None
     """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""
