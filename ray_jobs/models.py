@@ -19,6 +19,9 @@ class ModelSpec:
     higher_is_better: bool
     defaults: dict[str, Any] = field(default_factory=dict)
     architecture: tuple[str, ...] = ()  # the hyperparameters that define the network's shape
+    # Whether its operations are big enough to gain from PyTorch's intra-op threads on a CPU: the
+    # CNN's convolutions are; the regressor's small matrix products only wait on each other.
+    parallel_ops: bool = True
 
 
 SPECS = {
@@ -42,6 +45,7 @@ SPECS = {
         higher_is_better=False,
         defaults=dict(epochs=15, lr=3e-3, batch_size=256, weight_decay=1e-5, patience=None, arch="mlp", hidden=128),
         architecture=("arch", "hidden"),
+        parallel_ops=False,
     ),
 }
 

@@ -222,13 +222,16 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> floa
     return min(1.0, (cpus - settings.data_cpus) / num_workers)
 
 
-def threads_per_worker(concurrent_workers: int, worker_cpus: float, settings: Settings) -> int:
+def threads_per_worker(spec: ModelSpec, concurrent_workers: int, worker_cpus: float, settings: Settings) -> int:
     """PyTorch threads for each CPU worker.
 
     A worker's CPU request is for Ray's scheduler; once the first epoch has read the data (kept
     resident after it), a local Ray's cores are all the training workers'. So on a local Ray the
-    workers running at once share every core; on a cluster each uses the CPUs it asked for.
+    workers running at once share every core; on a cluster each uses the CPUs it asked for. A
+    model whose operations are too small to split (``spec.parallel_ops``) runs one thread.
     """
+    if not spec.parallel_ops:
+        return 1
     if on_cluster(settings):
         return max(1, int(worker_cpus))
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent_workers)
@@ -357,7 +360,7 @@ def run_training(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     worker_cpus = cpus_per_worker(num_workers, use_gpu, settings)
-    worker_threads = threads_per_worker(num_workers, worker_cpus, settings)
+    worker_threads = threads_per_worker(spec, num_workers, worker_cpus, settings)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)

@@ -56,6 +56,7 @@ def test_training_run_records_params_epochs_lineage_and_plots(first_run, client)
         assert len(run.data.tags["skytrain.git_commit"]) >= 7
         # two workers share the two CPUs with Ray Data's reads; the small slice stays resident
         assert float(run.data.params["cpus_per_worker"]) == 0.5
+        assert run.data.params["threads_per_worker"] == "1"  # a core each
         assert run.data.metrics["data_resident"] == 1.0
         assert 0 < run.data.metrics["startup_seconds"] < run.data.metrics["phase_fit_seconds"]
         # per-epoch metrics logged once (by rank 0), not once per worker
