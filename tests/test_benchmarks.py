@@ -32,3 +32,16 @@ def test_train_epoch_quick_mode_reports_ratios(tmp_path):
         ray_run = row["ray_1w"]
         assert ray_run["epochs"] == 2 and ray_run["startup_s"] > 0
         assert ray_run["ratio"] == ray_run["median_s"] / plain["median_s"]
+        assert ray_run["ratio_to_1_thread"] == ray_run["median_s"] / row["plain_torch_by_threads"]["1"]["median_s"]
+
+
+def test_the_floor_runs_one_plain_loop_per_worker_at_once(state_dir):
+    from benchmarks.train_epoch import independent_shards, prepare
+    from ray_jobs.models import spec_for
+    from ray_jobs.settings import Settings
+    from ray_jobs.train import resolve_hparams
+
+    dataset = prepare("diamonds-regressor", 3000, Settings())
+    hp = resolve_hparams(spec_for("diamonds-regressor"), None, epochs=2)
+    times = independent_shards("diamonds-regressor", dataset, hp, processes=2, cpus=2)
+    assert len(times) == 2 and all(t > 0 for t in times)
