@@ -246,7 +246,8 @@ def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
     datasets = {}
     for split in ("train", "val"):
         filesystem, path = storage.resolve(storage.join(dataset_dir, f"{split}.parquet"))
-        datasets[split] = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=DATA_TASK_CPUS)
+        with storage.parquet_reader_v1():
+            datasets[split] = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=DATA_TASK_CPUS)
     return datasets
 
 
@@ -302,6 +303,10 @@ def make_trainer(
             failure_config=FailureConfig(max_failures=2),
             logging_config=ray.LoggingConfig(log_level=settings.ray_log_level),
             callbacks=callbacks,
+            # OpenMP reads its thread count when torch loads, before the loop's set_num_threads; Ray
+            # sets it from the CPUs a worker asked for. Raising it later makes each parallel region
+            # several times slower (measured here), so the workers start with the right value.
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_worker)}},
         ),
     )
 
