@@ -31,6 +31,7 @@ test: setup
 # Figures as ratios against a baseline measured in the same run (benchmarks/results/).
 bench: setup
 	$(PY) -m benchmarks.train_epoch
+	$(PY) -m benchmarks.batch_inference
 
 lint: setup
 	$(PY) -m ruff check flows ray_jobs tests benchmarks

@@ -1,0 +1,207 @@
+"""Batch inference throughput: the ``batch_inference`` engine (Ray Data) against a plain PyTorch loop.
+
+Same registered model version, same rows (a dataset version's whole test split), same batch size;
+each figure is the best of three passes (one in quick mode), rows per second.
+
+- plain torch: the model loaded once (``mlflow.pytorch.load_model``, as the engine's actors load
+  it), the rows already in memory as one float32 array, ``torch.inference_mode()``; the faster of
+  1 thread and one per core is the baseline.
+- pyfunc: the same loop through ``mlflow.pyfunc``'s ``predict`` (the engine's other way to load a
+  model, measured to choose between them).
+- engine: ``ray_jobs.batch_predict.predict`` end to end, from the Parquet file to the two files
+  written: reading, row checks, the actors' start-up and model loads, scoring, writing; with 1
+  actor and with one per core, the faster compared. Also reported: its start-up (until the first
+  scored batch is back in the driver) and its steady pace after that (the other rows over the
+  time they took), from the same runs.
+
+The target (issue 4): the engine's throughput at least 0.8x the plain loop's, measured in the same run.
+The models are untrained, in their default architectures: throughput does not depend on the weights.
+
+    python -m benchmarks.batch_inference            # MNIST's 10,000 test images, diamonds' 5,394 test rows
+    python -m benchmarks.batch_inference --quick    # small slices, one repetition: keeps the code working
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+# Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
+os.environ.setdefault("SKYTRAIN_STATE_DIR", tempfile.mkdtemp(prefix="skytrain-bench-"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.train_epoch import prepare  # noqa: E402
+from flows.batch_inference import DEFAULT_BATCH_SIZE  # noqa: E402
+from ray_jobs import batch_predict, tracking  # noqa: E402
+from ray_jobs.cluster import ray_session  # noqa: E402
+from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
+from ray_jobs.models import build_model, spec_for  # noqa: E402
+from ray_jobs.settings import Settings  # noqa: E402
+from ray_jobs.train import resolve_hparams  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = 0.8  # engine rows/s >= 0.8x plain torch rows/s
+
+
+def register(model: str, dataset_dir: Path, settings: Settings) -> str:
+    """An untrained model of the default architecture, registered as training would register it."""
+    spec, manifest = spec_for(model), read_manifest(dataset_dir)
+    hparams = resolve_hparams(spec, None)
+    features, _ = load_split(dataset_dir, "test", manifest)
+    torch.manual_seed(0)
+    net = build_model(spec, manifest, hparams)
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(settings)) as run:
+        return tracking.log_and_register(net, spec, features[:5], manifest, hparams, run.info.run_id)
+
+
+def loop_seconds(predict, features: np.ndarray, batch_size: int, threads: int, repeats: int) -> list[float]:
+    """Seconds per pass of ``predict`` over every row, batch by batch, with ``threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for start in range(0, len(features), batch_size):
+                    predict(features[start : start + batch_size])
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        torch.set_num_threads(previous)
+
+
+def engine(source: Path, scoring: batch_predict.Scoring, batch_size: int, actors: int, repeats: int) -> dict:
+    """End-to-end runs of the engine with ``actors`` actors, each into a new folder; the best one's figures."""
+    runs = []
+    for _ in range(repeats):
+        output = source.parent / f"predictions-{time.time_ns()}"
+        started = time.perf_counter()
+        summary = batch_predict.predict(str(source), str(output), scoring, batch_size=batch_size, concurrency=actors)
+        runs.append({**summary, "seconds": time.perf_counter() - started})
+    best = min(runs, key=lambda run: run["seconds"])
+    return {
+        "actors": best["actors"],
+        "rows_per_second": best["rows_in"] / best["seconds"],
+        "seconds": [run["seconds"] for run in runs],
+        "rows_in": best["rows_in"],
+        "rows_scored": best["rows_scored"],
+        "rows_rejected": best["rows_rejected"],
+        "startup_seconds": best["first_batch_seconds"],
+        "steady_rows_per_second": best["steady_rows_per_second"],
+    }
+
+
+def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: int, settings: Settings) -> dict:
+    dataset_dir = prepare(model, limit_rows, settings)
+    version = register(model, dataset_dir, settings)
+    manifest = read_manifest(dataset_dir)
+    scoring = batch_predict.Scoring.of(spec_for(model).registered_name, version, manifest, settings.mlflow_tracking_uri)
+    features, _ = load_split(dataset_dir, "test", manifest)
+    rows, batch_size, repeats = len(features), args.batch_size, args.repeats
+
+    net = mlflow.pytorch.load_model(scoring.model_uri)
+    by_threads = {
+        t: loop_seconds(lambda x: net(torch.from_numpy(x)).numpy(), features, batch_size, t, repeats)
+        for t in sorted({1, cpus})
+    }
+    threads, plain = min(by_threads.items(), key=lambda item: min(item[1]))
+    plain_rps = rows / min(plain)
+    wrapper = mlflow.pyfunc.load_model(scoring.model_uri)
+    pyfunc = loop_seconds(wrapper.predict, features, batch_size, threads, repeats)
+
+    source = Path(tempfile.mkdtemp(prefix="batch-inference-", dir=settings.state_dir)) / "test.parquet"
+    shutil.copy(dataset_dir / "test.parquet", source)
+    by_actors = {a: engine(source, scoring, batch_size, a, repeats) for a in args.actors or sorted({1, cpus})}
+    for result in by_actors.values():
+        result["ratio"] = result["rows_per_second"] / plain_rps
+        steady = result["steady_rows_per_second"]
+        result["steady_ratio"] = steady / plain_rps if steady else None
+    return {
+        "model": model,
+        "rows": rows,
+        "batch_size": batch_size,
+        "plain_torch": {
+            "rows_per_second": plain_rps,
+            "seconds": plain,
+            "threads": threads,
+            "by_threads": {str(t): rows / min(s) for t, s in by_threads.items()},
+        },
+        "pyfunc": {"rows_per_second": rows / min(pyfunc), "seconds": pyfunc, "threads": threads},
+        "engine": max(by_actors.values(), key=lambda result: result["rows_per_second"]),  # the faster pool
+        "engine_by_actors": {str(a): result for a, result in by_actors.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small slices, one repetition (CI)")
+    parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--actors", type=int, nargs="+", help="engine actor counts (default: 1 and one per CPU)")
+    parser.add_argument("--repeats", type=int, help="passes per figure, the best kept (default 3, quick 1)")
+    parser.add_argument(
+        "--output", type=Path, help="JSON file (default benchmarks/results/<date>-batch-inference.json)"
+    )
+    args = parser.parse_args()
+    limit_rows = 2000 if args.quick else None
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    settings = Settings()
+    rows = []
+    with ray_session():
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        for model in args.models:
+            row = measure(model, limit_rows, args, cpus, settings)
+            rows.append(row)
+            print(format_row(row), flush=True)
+    report = {
+        "benchmark": "batch_inference",
+        "quick": args.quick,
+        "date": date.today().isoformat(),
+        "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__},
+        "targets": {"engine": f">= {TARGET}x plain torch rows/s"},
+        "results": rows,
+    }
+    suffix = "-quick" if args.quick else ""
+    output = args.output or RESULTS / f"{date.today().isoformat()}-batch-inference{suffix}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+def format_row(row: dict) -> str:
+    plain, pyfunc = row["plain_torch"], row["pyfunc"]
+    threads = f"{plain['threads']} thread{'s' if plain['threads'] > 1 else ''}"
+    lines = [
+        f"{row['model']} ({row['rows']} test rows, batches of {row['batch_size']}): "
+        f"plain torch {plain['rows_per_second']:,.0f} rows/s ({threads})",
+        f"pyfunc predict: {pyfunc['rows_per_second']:,.0f} rows/s "
+        f"= {pyfunc['rows_per_second'] / plain['rows_per_second']:.2f}x",
+    ]
+    for engine in row["engine_by_actors"].values():
+        verdict = "meets" if engine["ratio"] >= TARGET else "misses"
+        lines.append(
+            f"engine, {engine['actors']} actor{'s' if engine['actors'] > 1 else ''}, end to end: "
+            f"{engine['rows_per_second']:,.0f} rows/s = {engine['ratio']:.2f}x ({verdict} >= {TARGET}x); "
+            f"start-up {engine['startup_seconds']:.1f}s, "
+            f"then {engine['steady_rows_per_second'] or 0:,.0f} rows/s = {engine['steady_ratio'] or 0:.2f}x"
+        )
+    return "\n  ".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The ``batch_inference`` flow: score a dataset with a registered model on Ray Data, into Parquet.
+
+The model is ``models:/<name>@champion`` (resolved once: a promotion during the run changes
+nothing) or the version given. Its input columns and the normalization of raw images come from
+the manifest of the dataset version it was trained on (the version's ``skytrain.dataset_version``
+tag). The work itself is ``ray_jobs/batch_predict.py``: rows checked one by one, valid ones
+scored by a pool of actors, predictions and rejected rows written to Parquet and published only
+when the whole input was handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any, get_args
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.datasets.store import version_dir
+from flows.registry import CHAMPION
+from flows.train import ModelName
+from ray_jobs import batch_predict
+from ray_jobs.cluster import ray_session
+from ray_jobs.dataset import read_manifest
+from ray_jobs.models import spec_for
+from ray_jobs.settings import Settings
+
+DEFAULT_BATCH_SIZE = 512
+
+
+def resolve_version(client: mlflow.MlflowClient, name: str, version: str | None) -> ModelVersion:
+    """``version`` of the registered model, or the version ``champion`` points at now."""
+    try:
+        if version is not None:
+            return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        if version is not None:
+            raise ValueError(f"{name} has no version '{version}': {error.message}") from None
+        raise ValueError(f"{name} has no '{CHAMPION}': promote a version first, or pass version") from None
+
+
+def training_manifest(chosen: ModelVersion, dataset: str, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The dataset version the model version was trained on, and its manifest (columns, normalization)."""
+    dataset_version = chosen.tags.get("skytrain.dataset_version")
+    if not dataset_version:
+        raise ValueError(
+            f"{chosen.name} v{chosen.version} has no 'skytrain.dataset_version' tag: its input columns are unknown"
+        )
+    return dataset_version, read_manifest(version_dir(settings.data_store, dataset, dataset_version))
+
+
+def default_output(settings: Settings, model: str, version: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return str(settings.state_dir / "predictions" / model / f"{stamp}-v{version}")
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The run as markdown: counts, model, paths and the first rejected rows."""
+    alias = f" ({summary['alias']})" if summary["alias"] else ""
+    lines = [
+        f"# Batch inference: {summary['registered_model']} v{summary['model_version']}{alias}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| input | `{summary['input']}` ({summary['input_format']}) |",
+        f"| rows in | {summary['rows_in']} |",
+        f"| scored | {summary['rows_scored']} |",
+        f"| rejected | {summary['rows_rejected']} |",
+        f"| model | `{summary['model_uri']}`{alias}, trained on {summary['dataset']}/{summary['dataset_version']} |",
+        f"| predictions | `{summary['predictions_path']}` |",
+        f"| rejected rows | `{summary['rejected_path']}` |",
+        f"| time | {summary['seconds']:.1f} s ({summary['rows_per_second']:.0f} rows/s), "
+        f"{summary['actors']} actors, batches of {summary['batch_size']} |",
+    ]
+    if summary["first_rejections"]:
+        lines += ["", "First rejected rows:", "", "| row | reason |", "|---|---|"]
+        lines += [f"| {r['row']} | {r['reason']} |" for r in summary["first_rejections"]]
+        lines += ["", "Rejections by reason:", "", "| reason | rows |", "|---|---|"]
+        lines += [f"| {reason} | {count} |" for reason, count in summary["rejection_reasons"].items()]
+    return "\n".join(lines)
+
+
+@flow(name="batch-inference", log_prints=True)
+def batch_inference(
+    model: ModelName,
+    input_path: str,
+    output_path: str | None = None,
+    version: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    """Score ``input_path`` (Parquet file or folder, local or ``s3://``; for the CNN also an IDX
+    image file) with ``model``'s champion, or its ``version``; returns the run's summary.
+
+    ``output_path`` (a folder, local or ``s3://``, absent or empty) receives ``predictions.parquet``
+    and ``rejected.parquet``; default ``<state_dir>/predictions/<model>/<timestamp>-v<version>``.
+    ``batch_size`` rows go through the model at a time; ``concurrency`` actors score (default: one
+    per CPU of the Ray cluster).
+    """
+    settings, logger = Settings(), get_run_logger()
+    spec = spec_for(model)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    chosen = resolve_version(mlflow.MlflowClient(), spec.registered_name, version)
+    dataset_version, manifest = training_manifest(chosen, spec.dataset, settings)
+    scoring = batch_predict.Scoring.of(spec.registered_name, chosen.version, manifest, settings.mlflow_tracking_uri)
+    output = output_path or default_output(settings, model, scoring.model_version)
+    logger.info("%s: scoring %s with %s into %s", model, input_path, scoring.model_uri, output)
+    with ray_session(settings.ray_address):
+        result = batch_predict.predict(
+            input_path, output, scoring, batch_size=batch_size, concurrency=concurrency, settings=settings
+        )
+    summary = {
+        "model": model,
+        "registered_model": spec.registered_name,
+        "alias": None if version is not None else CHAMPION,
+        "dataset": spec.dataset,
+        "dataset_version": dataset_version,
+        **result,
+    }
+    first = summary["first_rejections"][:1]
+    logger.info(
+        "%s v%s: %d rows in, %d scored, %d rejected%s; predictions in %s",
+        spec.registered_name,
+        scoring.model_version,
+        summary["rows_in"],
+        summary["rows_scored"],
+        summary["rows_rejected"],
+        f" (first: row {first[0]['row']}: {first[0]['reason']})" if first else "",
+        summary["output"],
+    )
+    create_markdown_artifact(
+        key=f"batch-inference-{model}",
+        markdown=report(summary),
+        description=f"Batch inference with {spec.registered_name} v{scoring.model_version}",
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=get_args(ModelName))
+    parser.add_argument("input_path", help="Parquet file or folder, or an IDX image file; local or s3://")
+    parser.add_argument("--output-path")
+    parser.add_argument("--version", help="a registered version (default: the champion)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--concurrency", type=int)
+    args = parser.parse_args()
+    batch_inference(**vars(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""Batch inference on Ray Data: read rows, check each one, score the valid ones, write Parquet.
+
+Input: Parquet (a file or a folder of files, local or ``s3://``) whose columns are the feature
+columns of the dataset version the model was trained on, encoded as data prep encodes them (a
+dataset version's ``test.parquet`` is such a file); or, for the CNN, an MNIST IDX3 image file
+(optionally gzipped), normalized here exactly as data prep normalized the training images.
+
+Scoring runs in a fixed pool of actors (``map_batches`` with a callable class), each loading the
+model version once. Every row is checked first; a row with a null, NaN or infinite value, a value
+beyond float32's range, a string that is not a number or an image of the wrong length is rejected
+with its reason instead of scored. Nothing is dropped silently: rows in = rows scored + rows
+rejected, checked against the input's own row count.
+
+Output, one folder: ``predictions.parquet`` (``row``, the row's 0-based position in the input; the
+prediction; ``model_name``, ``model_version``) and ``rejected.parquet`` (``row``, ``reason``). Both
+are written into a staging folder beside the destination and published only once every row was
+handled: a local destination appears with one rename. S3 has no rename: there the two files are
+moved under the destination prefix only after both were written (for a moment a reader may see
+one without the other). A run that fails publishes nothing.
+
+Ray Data keeps the input's order here, so the driver numbers the rows as the scored batches stream
+back to it, and writes the two files itself (one stream of Parquet, no small files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from ray_jobs import storage
+from ray_jobs.settings import Settings
+from ray_jobs.storage import parquet_reader_v1
+
+PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
+REJECTED_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
+IDX3_UBYTE = 0x00000803  # IDX magic: 0x08 = unsigned bytes, 0x03 = three dimensions (images, rows, columns)
+IDX_HEADER = 16  # the magic and three big-endian uint32 sizes
+READ_CPUS = 0.25  # per Ray Data read task, as for training's reads
+FIRST_REJECTIONS = 5
+ROW_GROUP_ROWS = 65536  # rows per Parquet row group written (batches are far smaller)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class BadInputError(ValueError):
+    """The input broke a rule that stops the whole run; worded like data prep's ``DataValidationError``."""
+
+    def __init__(self, file: str, field: str, rule: str, detail: str = "") -> None:
+        message = f"{file}: field '{field}' breaks rule '{rule}'"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The model version that scores and what its rows look like: all an actor needs (picklable).
+
+    ``artifact_uri`` is where the version's files are (``file://``, ``s3://``, ``mlflow-artifacts:``);
+    ``manifest`` is the manifest of the dataset version the model was trained on: feature columns
+    and shape, classes or target, and the normalization of raw images.
+    """
+
+    model_name: str
+    model_version: str
+    artifact_uri: str
+    tracking_uri: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, name: str, version: str, manifest: dict[str, Any], tracking_uri: str) -> Scoring:
+        """Scoring with a registered version whose files are located here, once: the actors load them
+        straight from the artifact store without opening the registry (3 s less per actor here)."""
+        artifacts = mlflow.MlflowClient(tracking_uri).get_model_version_download_uri(name, str(version))
+        return cls(name, str(version), artifacts, tracking_uri, manifest)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.model_version}"
+
+    @property
+    def classification(self) -> bool:
+        return self.manifest["task"] == "classification"
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["feature_shape"])
+
+    @property
+    def tensor_column(self) -> str | None:
+        """The one list column holding each row's whole feature tensor (images), where that is the layout."""
+        columns = self.manifest["feature_columns"]
+        return columns[0] if len(columns) == 1 and len(self.feature_shape) > 1 else None
+
+    @property
+    def unlogged_target(self) -> str | None:
+        """For a target trained as ``log(x)`` (diamonds: log price), the name ``x`` of its value in its units."""
+        transform = self.manifest.get("target", {}).get("transform", "")
+        return transform[4:-1] if transform.startswith("log(") and transform.endswith(")") else None
+
+    def predictions_schema(self) -> pa.Schema:
+        if self.classification:
+            fields = [
+                ("predicted", pa.int64()),
+                ("probability", pa.float32()),  # of the predicted class
+                ("probabilities", pa.list_(pa.float32(), self.manifest["classes"])),
+            ]
+        else:
+            fields = [(self.manifest["target_column"], pa.float32())]  # the model's output, in its units
+            if self.unlogged_target:
+                fields.append((self.unlogged_target, pa.float64()))
+        return pa.schema([("row", pa.int64()), *fields, ("model_name", pa.string()), ("model_version", pa.string())])
+
+
+# --- input ------------------------------------------------------------------------------------------
+
+
+def input_format(location: str) -> str:
+    """``parquet`` (a folder, a ``.parquet`` name or Parquet's magic bytes) or ``idx`` (anything else)."""
+    filesystem, path = storage.resolve(location)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{location}: no such file or folder")
+    if info.type == pafs.FileType.Directory or path.endswith(".parquet"):
+        return "parquet"
+    with filesystem.open_input_stream(path) as stream:
+        return "parquet" if stream.read(4) == b"PAR1" else "idx"
+
+
+def read_idx_images(location: str) -> np.ndarray:
+    """An IDX3 file of unsigned-byte images (optionally gzipped) as a (n, rows, columns) uint8 array."""
+    raw = storage.read_bytes(location)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise BadInputError(location, "file", "readable gzip", str(exc)) from None
+    if len(raw) < IDX_HEADER:
+        raise BadInputError(location, "header", f"an IDX header of {IDX_HEADER} bytes", f"the file has {len(raw)}")
+    magic, count, rows, columns = (int(v) for v in np.frombuffer(raw, ">u4", 4))
+    if magic != IDX3_UBYTE:
+        hint = " (an IDX1 label file)" if magic == 0x00000801 else ""
+        raise BadInputError(
+            location, "magic", "IDX3 unsigned-byte images (0x00000803) or Parquet", f"found 0x{magic:08x}{hint}"
+        )
+    expected = IDX_HEADER + count * rows * columns
+    if len(raw) != expected:
+        raise BadInputError(
+            location,
+            "size",
+            "16 header bytes + images x rows x columns pixels",
+            f"{'truncated' if len(raw) < expected else 'trailing bytes'}: the header announces {count} images "
+            f"of {rows}x{columns} = {expected} bytes, the file has {len(raw)}",
+        )
+    return np.frombuffer(raw, np.uint8, count * rows * columns, IDX_HEADER).reshape(count, rows, columns)
+
+
+def normalize_images(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    """uint8 images as the model saw its training images, flat float32: pixel / 256 (the bundled
+    pickle's pixels), then standardized with the training split's mean and std, as in
+    ``flows/datasets/mnist.py`` ``transform()``."""
+    stats = manifest["normalization"]
+    pixels = images.reshape(len(images), -1).astype(np.float32) / 256
+    return ((pixels - stats["mean"]) / stats["std"]).astype(np.float32)
+
+
+def idx_dataset(location: str, scoring: Scoring, batch_size: int) -> tuple[ray.data.Dataset, int]:
+    """An IDX image file as a dataset of normalized image rows (one block per batch), and its row count."""
+    if scoring.tensor_column is None:
+        raise BadInputError(location, "format", "IDX images for an image model", f"{scoring.model_name} takes rows")
+    images = read_idx_images(location)
+    side = scoring.feature_shape[-2:]
+    if images.shape[1:] != side:
+        raise BadInputError(
+            location, "dimensions", f"{side[0]}x{side[1]} images", f"found {images.shape[1]}x{images.shape[2]}"
+        )
+    pixels = normalize_images(images, scoring.manifest)
+    table = pa.table({scoring.tensor_column: pa.FixedSizeListArray.from_arrays(pixels.reshape(-1), pixels.shape[1])})
+    blocks = [table.slice(start, batch_size) for start in range(0, max(len(table), 1), batch_size)]
+    return ray.data.from_arrow(blocks), len(table)
+
+
+def parquet_dataset(location: str, scoring: Scoring, batch_size: int) -> tuple[ray.data.Dataset, int]:
+    """A Parquet file or folder as a dataset of its feature columns (one block per batch), and its row count."""
+    filesystem, path = storage.resolve(location)
+    files = pads.dataset(path, filesystem=filesystem, format="parquet")
+    check_schema(files.schema, location, scoring)
+    # The files in pyarrow's order, sorted: a row's position is its position in that sequence.
+    with parquet_reader_v1():
+        dataset = ray.data.read_parquet(files.files, filesystem=filesystem, num_cpus=READ_CPUS)
+    dataset = dataset.select_columns(scoring.manifest["feature_columns"])
+    # A file with one row group is read as one block, which a single actor would score alone.
+    return dataset.repartition(target_num_rows_per_block=batch_size), files.count_rows()
+
+
+def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
+    """Every feature column present, of a type whose values can become float32 (strings: row by row)."""
+    for name in scoring.manifest["feature_columns"]:
+        if name not in schema.names:
+            raise BadInputError(location, name, "column present", f"the input's columns: {schema.names}")
+        kind = schema.field(name).type
+        if name == scoring.tensor_column:
+            lists = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+            ok, rule = lists and _numeric(kind.value_type), f"a list of {np.prod(scoring.feature_shape)} numbers"
+        else:
+            ok, rule = _numeric(kind) or _text(kind), "numbers (or strings of numbers) castable to float32"
+        if not ok:
+            raise BadInputError(location, name, rule, f"type {kind}")
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+# --- row checks and scoring (in the actors) -----------------------------------------------------
+
+
+def _reject(reasons: np.ndarray, rows: np.ndarray, reason: str) -> None:
+    """Give ``rows`` this reason unless an earlier rule rejected them: a row keeps its first reason."""
+    reasons[np.asarray(rows) & (reasons == None)] = reason  # noqa: E711 (element-wise)
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """Numeric values as a float array, NaN where null (float32 stays float32: no copy)."""
+    if not pa.types.is_floating(array.type):
+        array = pc.cast(array, pa.float64())
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
+    """Reject the rows (axis 0) holding a NaN or infinite value, or a value float32 cannot hold."""
+
+    def rows(mask: np.ndarray) -> np.ndarray:
+        return mask if mask.ndim == 1 else mask.any(axis=1)
+
+    _reject(reasons, rows(~np.isfinite(values)), f"column '{column}' holds a NaN or infinite value")
+    if values.dtype != np.float32:
+        _reject(reasons, rows(np.abs(values) > FLOAT32_MAX), f"column '{column}' is beyond float32's range")
+
+
+def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
+    _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    if _text(array.type):
+        values = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+        _reject(reasons, np.isnan(values), f"column '{column}' is not a number")
+    else:
+        values = _numbers(array)
+    _check_values(values, column, reasons)
+    return values
+
+
+def _tensor_column(lists: pa.Array, column: str, size: int, reasons: np.ndarray) -> np.ndarray:
+    _reject(reasons, lists.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    lengths = pc.list_value_length(lists).fill_null(size).to_numpy(zero_copy_only=False)
+    _reject(reasons, lengths != size, f"column '{column}' does not hold {size} values")
+    kept = reasons == None  # noqa: E711
+    flat = (lists if kept.all() else lists.filter(pa.array(kept))).flatten()
+    numbers = _numbers(flat).reshape(-1, size)
+    if flat.null_count:
+        missing = np.zeros(len(kept), bool)
+        missing[kept] = flat.is_null().to_numpy(zero_copy_only=False).reshape(-1, size).any(axis=1)
+        _reject(reasons, missing, f"column '{column}' holds a missing value")
+    if kept.all():
+        values = numbers
+    else:  # rejected rows stay NaN: never scored
+        values = np.full((len(kept), size), np.nan, numbers.dtype)
+        values[kept] = numbers
+    _check_values(values, column, reasons)
+    return values
+
+
+def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the valid rows (float32, shaped for the model) and each row's reason (None: valid)."""
+    reasons = np.full(batch.num_rows, None, dtype=object)
+    if (column := scoring.tensor_column) is not None:
+        size = int(np.prod(scoring.feature_shape))
+        values = _tensor_column(batch.column(column).combine_chunks(), column, size, reasons)
+    else:
+        columns = scoring.manifest["feature_columns"]
+        values = np.empty((batch.num_rows, len(columns)))
+        for j, name in enumerate(columns):
+            values[:, j] = _scalar_column(batch.column(name).combine_chunks(), name, reasons)
+    valid = reasons == None  # noqa: E711
+    features = values if valid.all() else values[valid]
+    # Writable: Arrow's buffers are read-only, and torch will not take a read-only array silently.
+    return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
+
+
+def outputs(output: torch.Tensor, reasons: np.ndarray, scoring: Scoring) -> pa.Table:
+    """One row per input row: the prediction (zeros where rejected) and the reason (null where scored)."""
+    valid = reasons == None  # noqa: E711
+    if scoring.classification:
+        probabilities = np.zeros((len(reasons), output.shape[1]), np.float32)
+        probabilities[valid] = torch.softmax(output, dim=1).numpy()
+        predicted = np.zeros(len(reasons), np.int64)
+        predicted[valid] = output.argmax(dim=1).numpy()
+        columns = {
+            "predicted": predicted,
+            "probability": probabilities.max(axis=1),
+            "probabilities": pa.FixedSizeListArray.from_arrays(probabilities.reshape(-1), probabilities.shape[1]),
+        }
+    else:
+        prediction = np.zeros(len(reasons), np.float32)
+        prediction[valid] = output.numpy().reshape(-1)
+        columns = {scoring.manifest["target_column"]: prediction}
+        if scoring.unlogged_target:
+            columns[scoring.unlogged_target] = np.exp(prediction.astype(np.float64))
+    return pa.table({**columns, "reason": pa.array(reasons, pa.string())})
+
+
+class Scorer:
+    """One actor of the pool: loads the model version once, then checks and scores batches."""
+
+    def __init__(self, scoring: Scoring, threads: int) -> None:
+        torch.set_num_threads(threads)
+        mlflow.set_tracking_uri(scoring.tracking_uri)  # resolves ``mlflow-artifacts:`` URIs of a server
+        self.scoring = scoring
+        # The torch module itself rather than the pyfunc wrapper: the same forward pass (outputs
+        # equal), minus the wrapper's per-call schema enforcement; benchmarks/batch_inference.py
+        # measures both.
+        self.model = mlflow.pytorch.load_model(scoring.artifact_uri)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        features, reasons = validate(batch, self.scoring)
+        with torch.inference_mode():
+            output = self.model(torch.from_numpy(features))
+        return outputs(output, reasons, self.scoring)
+
+
+def actor_pool(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
+    """Actors (default: one per CPU), the CPUs each requests and the torch threads each runs.
+
+    On a fixed-size (local) Ray the actors leave ``settings.data_cpus`` free: Ray Data lists and
+    reads the input in tasks of its own (listing asks for a whole CPU), and actors holding every CPU
+    would starve them: the run would hang. The request is for Ray's scheduler; the cores are all the
+    actors' once the input is read, so each runs cores / actors threads. On a cluster each actor
+    asks for one CPU and runs one thread.
+    """
+    from ray_jobs.train import on_cluster  # here, not at the top: the actors import this module
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    actors = concurrency or max(1, int(cpus))
+    if actors < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if on_cluster(settings):
+        return actors, 1.0, 1
+    if cpus <= settings.data_cpus:
+        raise ValueError(
+            f"the local Ray has {cpus:g} CPUs and keeps {settings.data_cpus:g} (SKYTRAIN_DATA_CPUS) for reading "
+            "the input: none is left for scoring; lower SKYTRAIN_DATA_CPUS or use a bigger Ray"
+        )
+    return actors, min(1.0, (cpus - settings.data_cpus) / actors), max(1, int(cpus) // actors)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+class StagedOutput:
+    """The output folder: its files written under a staging folder beside it, published only whole.
+
+    Refuses a destination that already holds anything: predictions never overwrite anything.
+    """
+
+    def __init__(self, location: str, schemas: dict[str, pa.Schema]) -> None:
+        self.location, self.schemas = storage.normalize(location), schemas
+        self.filesystem, self.final = storage.resolve(location)
+        if "/" not in self.final:
+            raise ValueError(f"{self.location}: output_path must be a folder inside the bucket, not the bucket")
+        if self.filesystem.get_file_info(self.final).type == pafs.FileType.File:
+            raise FileExistsError(f"{self.location}: is a file; output_path names a folder")
+        if self.filesystem.get_file_info(pafs.FileSelector(self.final, allow_not_found=True)):
+            raise FileExistsError(f"{self.location}: not empty; predictions overwrite nothing: choose another output")
+        parent, name = self.final.rsplit("/", 1)
+        self.staging = f"{parent}/.{name}-staging-{uuid.uuid4().hex[:12]}"
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.pending: dict[str, list[pa.Table]] = {name: [] for name in schemas}
+
+    def path(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+    def __enter__(self) -> StagedOutput:
+        self.filesystem.create_dir(self.staging)
+        for name, schema in self.schemas.items():
+            self.writers[name] = pq.ParquetWriter(f"{self.staging}/{name}", schema, filesystem=self.filesystem)
+        return self
+
+    def write(self, name: str, table: pa.Table) -> None:
+        """Append rows; they reach the file in row groups of ``ROW_GROUP_ROWS``, not one per batch."""
+        if table.num_rows:
+            self.pending[name].append(table)
+            if sum(t.num_rows for t in self.pending[name]) >= ROW_GROUP_ROWS:
+                self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        if self.pending[name]:
+            self.writers[name].write_table(pa.concat_tables(self.pending[name]))
+            self.pending[name] = []
+
+    def __exit__(self, error_type, *_) -> None:
+        try:
+            if error_type is None:
+                for name in self.writers:
+                    self._flush(name)
+            for writer in self.writers.values():
+                writer.close()
+            if error_type is None:
+                self._publish()
+        finally:
+            with contextlib.suppress(OSError):
+                self.filesystem.delete_dir(self.staging)
+
+    def _publish(self) -> None:
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            self.filesystem.move(self.staging, self.final)  # one rename (onto the empty folder, if any)
+            return
+        for name in self.schemas:  # S3: no rename; the files go under the destination only now
+            self.filesystem.move(f"{self.staging}/{name}", f"{self.final}/{name}")
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def predict(
+    input_path: str,
+    output_path: str,
+    scoring: Scoring,
+    *,
+    batch_size: int = 512,
+    concurrency: int | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Score every valid row of ``input_path`` with the model version; write ``output_path``; a summary.
+
+    Raises ``BadInputError`` (nothing written) for an input the model cannot read at all: a missing
+    or mistyped column, a bad IDX file, or no valid row.
+    """
+    settings = settings or Settings()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    started = time.perf_counter()
+    output = StagedOutput(output_path, {PREDICTIONS: scoring.predictions_schema(), REJECTED: REJECTED_SCHEMA})
+    kind = input_format(input_path)
+    dataset, rows_in = (idx_dataset if kind == "idx" else parquet_dataset)(input_path, scoring, batch_size)
+    actors, actor_cpus, threads = actor_pool(concurrency, settings)
+    context = dataset.context  # this dataset's own copy of Ray Data's settings
+    context.execution_options.preserve_order = True  # the rows' positions are counted on the way back
+    if logging.getLevelName(settings.ray_log_level) > logging.INFO:
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+    scored = dataset.map_batches(
+        Scorer,
+        fn_constructor_args=(scoring, threads),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+    )
+    rows, rejected, first, reasons, arrivals = 0, 0, [], Counter(), []
+    model = {"model_name": scoring.model_name, "model_version": scoring.model_version}
+    with output:
+        for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+            arrivals.append((time.perf_counter(), batch.num_rows))
+            batch = batch.append_column("row", pa.array(np.arange(rows, rows + batch.num_rows)))
+            rows += batch.num_rows
+            bad = batch.column("reason").is_valid()
+            if (count := pc.sum(bad).as_py() or 0) > 0:
+                refused = batch.filter(bad).select(["row", "reason"])
+                output.write(REJECTED, refused)
+                rejected += count
+                reasons.update(refused.column("reason").to_pylist())
+                first += refused.slice(0, FIRST_REJECTIONS - len(first)).to_pylist()
+            good = batch.filter(pc.invert(bad))
+            for name, value in model.items():
+                good = good.append_column(name, pa.repeat(pa.scalar(value, pa.string()), good.num_rows))
+            output.write(PREDICTIONS, good.select(output.schemas[PREDICTIONS].names))
+        if rows != rows_in:
+            raise RuntimeError(f"{input_path}: {rows_in} rows in the input but {rows} came back from scoring")
+        if rows == rejected:
+            detail = f"all {rows} rejected, e.g. row {first[0]['row']}: {first[0]['reason']}" if rows else "no rows"
+            raise BadInputError(input_path, "rows", "at least one valid row to score", detail)
+    seconds = time.perf_counter() - started
+    # After the first batch is back (reading started, actors up, model loaded): the pipeline's pace.
+    steady = arrivals[-1][0] - arrivals[0][0]
+    return {
+        "input": storage.normalize(input_path),
+        "input_format": kind,
+        "output": output.location,
+        "predictions_path": output.path(PREDICTIONS),
+        "rejected_path": output.path(REJECTED),
+        "model_uri": scoring.model_uri,
+        "model_version": scoring.model_version,
+        "rows_in": rows,
+        "rows_scored": rows - rejected,
+        "rows_rejected": rejected,
+        "first_rejections": first,
+        "rejection_reasons": dict(reasons.most_common()),
+        "actors": actors,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "rows_per_second": rows / seconds,
+        "first_batch_seconds": arrivals[0][0] - started,
+        "steady_rows_per_second": (rows - arrivals[0][1]) / steady if steady > 0 else None,
+    }

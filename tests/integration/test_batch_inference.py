@@ -1,0 +1,224 @@
+"""The ``batch_inference`` flow on a real local Ray, Prefect API, MLflow store and S3 (moto).
+
+Nothing is trained: a diamonds regressor fitted by least squares and an untrained small CNN are
+registered directly. Their accuracy does not matter; what is checked is that every prediction the
+flow writes equals ``mlflow.pyfunc``'s on the same row, that each input row is either scored or
+reported with its reason, and that a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+from flows.batch_inference import batch_inference
+from flows.datasets import diamonds, mnist
+from flows.datasets.store import write_version
+from flows.registry import CHAMPION
+from ray_jobs import storage, tracking
+from ray_jobs.dataset import load_split, read_manifest
+from ray_jobs.models import DiamondsRegressor, MnistCNN, spec_for
+from ray_jobs.settings import Settings
+
+REGRESSOR, CNN = spec_for("diamonds-regressor"), spec_for("mnist-cnn")
+IMAGES = 300  # test images; the CNN's dataset version is built from random uint8 images
+
+
+def register(net: torch.nn.Module, spec, version_dir: Path, hparams: dict) -> str:
+    manifest = read_manifest(version_dir)
+    example, _ = load_split(version_dir, "test", manifest)
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment(Settings())) as run:
+        return tracking.log_and_register(net, spec, example[:5], manifest, hparams, run.info.run_id)
+
+
+def least_squares(version_dir: Path) -> DiamondsRegressor:
+    """A linear regressor fitted on the train split."""
+    x, y = load_split(version_dir, "train")
+    mean, std = float(y.mean()), float(y.std())
+    solution, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], (y - mean) / std, rcond=None)
+    net = DiamondsRegressor(x.shape[1], arch="linear", target_mean=mean, target_std=std)
+    with torch.no_grad():
+        net.net.weight.copy_(torch.tensor(solution[:-1]))
+        net.net.bias.fill_(float(solution[-1]))
+    return net
+
+
+def write_idx(path: Path, images: np.ndarray, magic: int = 0x00000803, cut: int = 0) -> Path:
+    """An IDX3 image file, gzipped, written by hand; ``cut`` drops that many bytes from its end."""
+    header = np.array([magic, *images.shape], ">u4").tobytes()
+    raw = header + images.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw[: len(raw) - cut]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, prefect_api, local_ray):
+    """A state directory for the module: a diamonds and an MNIST version, three registered versions.
+
+    Regressor v1 (champion); CNN v1 and v2 (champion), untrained, from different seeds.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKYTRAIN_STATE_DIR", str(tmp_path_factory.mktemp("batch-inference") / "state"))
+        settings = Settings()
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        frame = diamonds.read_csv(settings.diamonds_path()).sample(3000, random_state=0)
+        tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.2)
+        gems = write_version(settings.data_store, "diamonds", "small", tables, manifest)
+
+        rng = np.random.default_rng(0)
+        pixels = {
+            split: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            for split, n in (("train", 200), ("valid", 40), ("test", IMAGES))
+        }
+        # As in the bundled pickle: float32 pixel / 256.
+        splits = {
+            s: (u8.reshape(len(u8), -1).astype(np.float32) / 256, rng.integers(0, 10, len(u8)))
+            for s, u8 in pixels.items()
+        }
+        tables, manifest = mnist.transform(splits, seed=0, val_size=20)
+        digits = write_version(settings.data_store, "mnist", "small", tables, manifest)
+
+        client = mlflow.MlflowClient()
+        regressor = register(least_squares(gems), REGRESSOR, gems, {"arch": "linear", "hidden": 0})
+        client.set_registered_model_alias(REGRESSOR.registered_name, CHAMPION, regressor)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            cnn = register(MnistCNN(width=8, depth=1).eval(), CNN, digits, {"width": 8, "depth": 1})
+        client.set_registered_model_alias(CNN.registered_name, CHAMPION, cnn)
+        yield {"settings": settings, "diamonds": gems, "mnist": digits, "test_images": pixels["test"]}
+
+
+def pyfunc(spec, version: str, features: np.ndarray) -> np.ndarray:
+    return np.asarray(mlflow.pyfunc.load_model(f"models:/{spec.registered_name}/{version}").predict(features))
+
+
+def read(location: str) -> pa.Table:
+    filesystem, path = storage.resolve(location)
+    return pq.read_table(path, filesystem=filesystem)
+
+
+def probabilities(predictions: pa.Table) -> np.ndarray:
+    return np.stack(predictions.column("probabilities").to_numpy(zero_copy_only=False))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path):
+    test = pq.read_table(store["diamonds"] / "test.parquet").drop_columns(["log_price"])
+    carat, depth, x = (test.column(c).to_numpy().copy() for c in ("carat", "depth", "x"))
+    carat[3], x[11] = np.nan, np.inf
+    rows = test.set_column(0, "carat", pa.array(carat)).set_column(test.schema.get_field_index("x"), "x", pa.array(x))
+    nulls = np.arange(len(depth)) == 7
+    rows = rows.set_column(rows.schema.get_field_index("depth"), "depth", pa.array(depth, mask=nulls))
+    pq.write_table(rows, tmp_path / "input.parquet")
+
+    summary = batch_inference(model="diamonds-regressor", input_path=str(tmp_path / "input.parquet"), batch_size=128)
+
+    assert summary["model_version"] == "1" and summary["alias"] == CHAMPION
+    assert summary["output"].startswith(str(store["settings"].state_dir / "predictions" / "diamonds-regressor"))
+    assert summary["output"].endswith("-v1")
+    assert summary["rows_in"] == len(rows) == summary["rows_scored"] + summary["rows_rejected"]
+    rejected = read(summary["rejected_path"]).to_pydict()
+    assert rejected == {
+        "row": [3, 7, 11],
+        "reason": [
+            "column 'carat' holds a NaN or infinite value",
+            "column 'depth' is null",
+            "column 'x' holds a NaN or infinite value",
+        ],
+    }
+    predictions = read(summary["predictions_path"])
+    valid = np.setdiff1d(np.arange(len(rows)), [3, 7, 11])
+    assert predictions.column("row").to_numpy().tolist() == valid.tolist()
+    features, _ = load_split(store["diamonds"], "test")
+    expected = pyfunc(REGRESSOR, "1", features[valid])
+    np.testing.assert_allclose(predictions.column("log_price").to_numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(predictions.column("price").to_numpy(), np.exp(expected), rtol=1e-5)
+    assert set(predictions.column("model_version").to_pylist()) == {"1"}
+    assert set(predictions.column("model_name").to_pylist()) == {REGRESSOR.registered_name}
+    key = ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["batch-inference-diamonds-regressor"]))
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_latest_artifacts(artifact_filter=key)
+    assert "| rejected | 3 |" in artifact.data and "| 7 | column 'depth' is null |" in artifact.data
+
+
+def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_path, s3_bucket):
+    """Version 1 (not the champion): Parquet images with bad rows on S3, and the same images as IDX."""
+    test = pq.read_table(store["mnist"] / "test.parquet")
+    images = [np.asarray(image, np.float32) for image in test.column("image").to_pylist()]
+    images[5], images[9][100], images[12] = images[5][:-1], np.nan, None
+    filesystem, _ = storage.resolve(f"s3://{s3_bucket}")
+    table = pa.table({"image": pa.array(images, pa.list_(pa.float32()))})
+    pq.write_table(table, f"{s3_bucket}/in/images.parquet", filesystem=filesystem)
+    idx = write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", store["test_images"])
+
+    def score(source: str, output: str) -> dict:
+        return batch_inference(model="mnist-cnn", input_path=source, output_path=output, version="1", concurrency=1)
+
+    from_s3 = score(f"s3://{s3_bucket}/in/images.parquet", f"s3://{s3_bucket}/out/run")
+    from_idx = score(str(idx), str(tmp_path / "idx"))
+
+    assert (from_s3["input_format"], from_idx["input_format"]) == ("parquet", "idx")
+    assert from_s3["model_version"] == from_idx["model_version"] == "1" and from_s3["alias"] is None
+    assert read(f"s3://{s3_bucket}/out/run/rejected.parquet").to_pydict() == {
+        "row": [5, 9, 12],
+        "reason": [
+            "column 'image' does not hold 784 values",
+            "column 'image' holds a NaN or infinite value",
+            "column 'image' is null",
+        ],
+    }
+    listing = filesystem.get_file_info(pafs.FileSelector(s3_bucket, recursive=True))
+    files = {info.path.removeprefix(f"{s3_bucket}/") for info in listing if info.is_file}
+    assert files == {"in/images.parquet", "out/run/predictions.parquet", "out/run/rejected.parquet"}
+    assert not [info.path for info in listing if "staging" in info.path]
+
+    features, _ = load_split(store["mnist"], "test")
+    expected = softmax(pyfunc(CNN, "1", features))
+    assert not np.allclose(expected, softmax(pyfunc(CNN, "2", features)), atol=1e-3)  # the champion differs
+    by_idx, by_s3 = read(from_idx["predictions_path"]), read(from_s3["predictions_path"])
+    assert from_idx["rows_scored"] == by_idx.num_rows == IMAGES and from_idx["rows_rejected"] == 0
+    assert from_s3["rows_in"] == IMAGES and from_s3["rows_scored"] == by_s3.num_rows == IMAGES - 3
+    np.testing.assert_allclose(probabilities(by_idx), expected, atol=1e-5)
+    np.testing.assert_allclose(by_idx.column("probability").to_numpy(), expected.max(axis=1), atol=1e-5)
+    assert by_idx.column("predicted").to_numpy().tolist() == expected.argmax(axis=1).tolist()
+    np.testing.assert_allclose(probabilities(by_s3), probabilities(by_idx.take(by_s3.column("row"))), atol=1e-6)
+    assert set(by_s3.column("model_version").to_pylist()) == set(by_idx.column("model_version").to_pylist()) == {"1"}
+
+
+def test_unusable_inputs_fail_naming_the_file_and_write_nothing(store, tmp_path):
+    test = pq.read_table(store["diamonds"] / "test.parquet")
+    missing = tmp_path / "missing-carat.parquet"
+    pq.write_table(test.drop_columns(["carat"]), missing)
+    hopeless = tmp_path / "all-nan.parquet"
+    pq.write_table(test.slice(0, 4).set_column(0, "carat", pa.array([np.nan] * 4)), hopeless)
+    label_file = write_idx(tmp_path / "labels.gz", store["test_images"], magic=0x00000801)
+    truncated = write_idx(tmp_path / "truncated.gz", store["test_images"], cut=100)
+    cases = [
+        ("diamonds-regressor", missing, f"{missing}: field 'carat' breaks rule 'column present'"),
+        (
+            "diamonds-regressor",
+            hopeless,
+            f"{hopeless}: field 'rows' breaks rule 'at least one valid row to score': all 4",
+        ),
+        ("mnist-cnn", label_file, f"{label_file}: field 'magic' breaks rule .*found 0x00000801"),
+        ("mnist-cnn", truncated, f"{truncated}: field 'size' breaks rule .*truncated"),
+    ]
+    out = tmp_path / "out"
+    for model, path, message in cases:
+        with pytest.raises(ValueError, match=message):
+            batch_inference(model=model, input_path=str(path), output_path=str(out / path.stem), concurrency=1)
+    assert not out.exists() or not list(out.iterdir())  # not even a staging folder is left
