@@ -103,8 +103,12 @@ def test_worse_challenger_is_refused_and_champion_stays(first_run, client, key):
 
 
 def test_second_retrain_reuses_data_and_lets_the_gate_decide(first_run, client):
-    second = retrain(epochs=EPOCHS, limit_rows=LIMIT_ROWS)
-    for before, after, key in zip(first_run, second, DEFAULT_MODELS):
+    # One model keeps CI short: both take the same path, and test_promotion covers the gate's cases.
+    key = "diamonds-regressor"
+    second = retrain(models=[key], epochs=EPOCHS, limit_rows=LIMIT_ROWS)
+    first = [row for row in first_run if row["model"] == SPECS[key].registered_name]
+    assert len(second) == len(first) == 1
+    for before, after in zip(first, second):
         spec = SPECS[key]
         assert after["dataset_version"] == before["dataset_version"] + " (reused)"
         assert after["run_id"] != before["run_id"]
