@@ -222,17 +222,14 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> floa
     return min(1.0, (cpus - settings.data_cpus) / num_workers)
 
 
-def threads_per_worker(spec: ModelSpec, concurrent_workers: int, worker_cpus: float, settings: Settings) -> int:
+def threads_per_worker(spec: ModelSpec, worker_cpus: float) -> int:
     """PyTorch threads for each CPU worker: the whole CPUs it asked for (at least one).
 
-    ``concurrent_workers`` is kept for the callers. Measured on a local 2-core Ray: one CNN
-    worker given both cores as 2 threads ran an epoch in ~38 s where a 1-thread plain loop takes
-    ~26 s, so a local worker keeps to its own CPU until that is understood. A model whose
+    Measured on a local 2-core Ray: one CNN worker given both cores as 2 threads ran an epoch in
+    ~38 s where a 1-thread plain loop takes ~26 s, so a worker keeps to its own CPUs. A model whose
     operations are too small to split (``spec.parallel_ops``) always runs one thread.
     """
-    if not spec.parallel_ops:
-        return 1
-    return max(1, int(worker_cpus))
+    return max(1, int(worker_cpus)) if spec.parallel_ops else 1
 
 
 def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
@@ -363,7 +360,7 @@ def run_training(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     worker_cpus = cpus_per_worker(num_workers, use_gpu, settings)
-    worker_threads = threads_per_worker(spec, num_workers, worker_cpus, settings)
+    worker_threads = threads_per_worker(spec, worker_cpus)
 
     run_name = run_name or f"{model}-{manifest['version']}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = tracking.ensure_experiment(settings)

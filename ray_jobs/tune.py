@@ -165,7 +165,7 @@ def run_search(
             "num_workers": num_workers,
             "use_gpu": use_gpu,
             "cpus_per_worker": worker_cpus,
-            "threads_per_worker": threads_per_worker(spec, concurrency * num_workers, worker_cpus, settings),
+            "threads_per_worker": threads_per_worker(spec, worker_cpus),
             "seed": seed,
             "name": name,
             "experiment_id": experiment_id,

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ray_jobs.models import SPECS, DiamondsRegressor, MnistCNN, memory_format
-from ray_jobs.settings import Settings
 from ray_jobs.train import resolve_hparams, threads_per_worker
 
 
@@ -80,6 +79,6 @@ def test_bad_hparams_are_refused(overrides, message):
 def test_cnn_uses_channels_last_and_the_regressor_one_thread():
     assert memory_format({"feature_shape": [1, 28, 28]}) == torch.channels_last
     assert memory_format({"feature_shape": [26]}) == torch.preserve_format
-    cluster = Settings(ray_address="ray://127.0.0.1:10001")  # on a cluster: the CPUs each worker asked for
-    assert threads_per_worker(SPECS["mnist-cnn"], 2, 4.0, cluster) == 4
-    assert threads_per_worker(SPECS["diamonds-regressor"], 2, 4.0, cluster) == 1
+    assert threads_per_worker(SPECS["mnist-cnn"], 4.0) == 4  # the CPUs each worker asked for
+    assert threads_per_worker(SPECS["mnist-cnn"], 0.5) == 1
+    assert threads_per_worker(SPECS["diamonds-regressor"], 4.0) == 1
