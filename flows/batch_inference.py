@@ -15,43 +15,18 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.datasets.store import version_dir
 from flows.registry import CHAMPION
 from flows.train import ModelName
 from ray_jobs import batch_predict
 from ray_jobs.cluster import ray_session
-from ray_jobs.dataset import read_manifest
+from ray_jobs.inference import Scoring, resolve_version, training_manifest
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 
 DEFAULT_BATCH_SIZE = 512
-
-
-def resolve_version(client: mlflow.MlflowClient, name: str, version: str | None) -> ModelVersion:
-    """``version`` of the registered model, or the version ``champion`` points at now."""
-    try:
-        if version is not None:
-            return client.get_model_version(name, str(version))
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as error:
-        if version is not None:
-            raise ValueError(f"{name} has no version '{version}': {error.message}") from None
-        raise ValueError(f"{name} has no '{CHAMPION}': promote a version first, or pass version") from None
-
-
-def training_manifest(chosen: ModelVersion, dataset: str, settings: Settings) -> tuple[str, dict[str, Any]]:
-    """The dataset version the model version was trained on, and its manifest (columns, normalization)."""
-    dataset_version = chosen.tags.get("skytrain.dataset_version")
-    if not dataset_version:
-        raise ValueError(
-            f"{chosen.name} v{chosen.version} has no 'skytrain.dataset_version' tag: its input columns are unknown"
-        )
-    return dataset_version, read_manifest(version_dir(settings.data_store, dataset, dataset_version))
 
 
 def default_output(settings: Settings, model: str, version: str) -> str:
@@ -71,7 +46,8 @@ def report(summary: dict[str, Any]) -> str:
         f"| rows in | {summary['rows_in']} |",
         f"| scored | {summary['rows_scored']} |",
         f"| rejected | {summary['rows_rejected']} |",
-        f"| model | `{summary['model_uri']}`{alias}, trained on {summary['dataset']}/{summary['dataset_version']} |",
+        f"| model | `{summary['model_uri']}`{alias}, trained on {summary['dataset']}/{summary['dataset_version']}, "
+        f"run with {summary['runtime']} |",
         f"| predictions | `{summary['predictions_path']}` |",
         f"| rejected rows | `{summary['rejected_path']}` |",
         f"| time | {summary['seconds']:.1f} s ({summary['rows_per_second']:.0f} rows/s), "
@@ -106,8 +82,10 @@ def batch_inference(
     spec = spec_for(model)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     chosen = resolve_version(mlflow.MlflowClient(), spec.registered_name, version)
-    dataset_version, manifest = training_manifest(chosen, spec.dataset, settings)
-    scoring = batch_predict.Scoring.of(spec.registered_name, chosen.version, manifest, settings.mlflow_tracking_uri)
+    dataset_version, manifest = training_manifest(chosen, spec.dataset, settings.data_store)
+    scoring = Scoring.of(
+        spec.registered_name, chosen.version, manifest, settings.mlflow_tracking_uri, settings.inference_runtime
+    )
     output = output_path or default_output(settings, model, scoring.model_version)
     logger.info("%s: scoring %s with %s into %s", model, input_path, scoring.model_uri, output)
     with ray_session(settings.ray_address):

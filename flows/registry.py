@@ -18,9 +18,10 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from ray_jobs.inference import CHAMPION
 from ray_jobs.settings import Settings
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHALLENGER = "challenger"  # champion: ray_jobs.inference.CHAMPION (serving reads it too)
 
 
 def lock_name(model: str) -> str:

@@ -30,10 +30,8 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -42,9 +40,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-import torch
 
 from ray_jobs import storage
+from ray_jobs.inference import Scoring, load_predictor, outputs
 from ray_jobs.settings import Settings
 from ray_jobs.storage import parquet_reader_v1
 
@@ -64,66 +62,6 @@ class BadInputError(ValueError):
     def __init__(self, file: str, field: str, rule: str, detail: str = "") -> None:
         message = f"{file}: field '{field}' breaks rule '{rule}'"
         super().__init__(f"{message}: {detail}" if detail else message)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """The model version that scores and what its rows look like: all an actor needs (picklable).
-
-    ``artifact_uri`` is where the version's files are (``file://``, ``s3://``, ``mlflow-artifacts:``);
-    ``manifest`` is the manifest of the dataset version the model was trained on: feature columns
-    and shape, classes or target, and the normalization of raw images.
-    """
-
-    model_name: str
-    model_version: str
-    artifact_uri: str
-    tracking_uri: str
-    manifest: dict[str, Any]
-
-    @classmethod
-    def of(cls, name: str, version: str, manifest: dict[str, Any], tracking_uri: str) -> Scoring:
-        """Scoring with a registered version whose files are located here, once: the actors load them
-        straight from the artifact store without opening the registry (3 s less per actor here)."""
-        artifacts = mlflow.MlflowClient(tracking_uri).get_model_version_download_uri(name, str(version))
-        return cls(name, str(version), artifacts, tracking_uri, manifest)
-
-    @property
-    def model_uri(self) -> str:
-        return f"models:/{self.model_name}/{self.model_version}"
-
-    @property
-    def classification(self) -> bool:
-        return self.manifest["task"] == "classification"
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest["feature_shape"])
-
-    @property
-    def tensor_column(self) -> str | None:
-        """The one list column holding each row's whole feature tensor (images), where that is the layout."""
-        columns = self.manifest["feature_columns"]
-        return columns[0] if len(columns) == 1 and len(self.feature_shape) > 1 else None
-
-    @property
-    def unlogged_target(self) -> str | None:
-        """For a target trained as ``log(x)`` (diamonds: log price), the name ``x`` of its value in its units."""
-        transform = self.manifest.get("target", {}).get("transform", "")
-        return transform[4:-1] if transform.startswith("log(") and transform.endswith(")") else None
-
-    def predictions_schema(self) -> pa.Schema:
-        if self.classification:
-            fields = [
-                ("predicted", pa.int64()),
-                ("probability", pa.float32()),  # of the predicted class
-                ("probabilities", pa.list_(pa.float32(), self.manifest["classes"])),
-            ]
-        else:
-            fields = [(self.manifest["target_column"], pa.float32())]  # the model's output, in its units
-            if self.unlogged_target:
-                fields.append((self.unlogged_target, pa.float64()))
-        return pa.schema([("row", pa.int64()), *fields, ("model_name", pa.string()), ("model_version", pa.string())])
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -304,45 +242,16 @@ def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]
     return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
 
 
-def outputs(output: torch.Tensor, reasons: np.ndarray, scoring: Scoring) -> pa.Table:
-    """One row per input row: the prediction (zeros where rejected) and the reason (null where scored)."""
-    valid = reasons == None  # noqa: E711
-    if scoring.classification:
-        probabilities = np.zeros((len(reasons), output.shape[1]), np.float32)
-        probabilities[valid] = torch.softmax(output, dim=1).numpy()
-        predicted = np.zeros(len(reasons), np.int64)
-        predicted[valid] = output.argmax(dim=1).numpy()
-        columns = {
-            "predicted": predicted,
-            "probability": probabilities.max(axis=1),
-            "probabilities": pa.FixedSizeListArray.from_arrays(probabilities.reshape(-1), probabilities.shape[1]),
-        }
-    else:
-        prediction = np.zeros(len(reasons), np.float32)
-        prediction[valid] = output.numpy().reshape(-1)
-        columns = {scoring.manifest["target_column"]: prediction}
-        if scoring.unlogged_target:
-            columns[scoring.unlogged_target] = np.exp(prediction.astype(np.float64))
-    return pa.table({**columns, "reason": pa.array(reasons, pa.string())})
-
-
 class Scorer:
     """One actor of the pool: loads the model version once, then checks and scores batches."""
 
     def __init__(self, scoring: Scoring, threads: int) -> None:
-        torch.set_num_threads(threads)
-        mlflow.set_tracking_uri(scoring.tracking_uri)  # resolves ``mlflow-artifacts:`` URIs of a server
         self.scoring = scoring
-        # The torch module itself rather than the pyfunc wrapper: the same forward pass (outputs
-        # equal), minus the wrapper's per-call schema enforcement; benchmarks/batch_inference.py
-        # measures both.
-        self.model = mlflow.pytorch.load_model(scoring.artifact_uri)
+        self.predict = load_predictor(scoring, threads, onnx_providers=Settings().onnx_providers or None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         features, reasons = validate(batch, self.scoring)
-        with torch.inference_mode():
-            output = self.model(torch.from_numpy(features))
-        return outputs(output, reasons, self.scoring)
+        return outputs(self.predict(features), reasons, self.scoring)
 
 
 def actor_pool(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
@@ -507,6 +416,7 @@ def predict(
         "rejected_path": output.path(REJECTED),
         "model_uri": scoring.model_uri,
         "model_version": scoring.model_version,
+        "runtime": scoring.runtime,
         "rows_in": rows,
         "rows_scored": rows - rejected,
         "rows_rejected": rejected,

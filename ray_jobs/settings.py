@@ -72,6 +72,39 @@ class Settings(BaseSettings):
     promotion_lock_timeout: float = Field(default=600.0, gt=0)
     """Seconds a promotion or rollback waits for another one of the same model to finish."""
 
+    inference_runtime: Literal["torch", "onnx"] = "torch"
+    """What batch inference and serving run: the logged PyTorch model, or its ONNX export on onnxruntime."""
+
+    onnx_providers: list[str] = Field(default_factory=list)
+    """onnxruntime execution providers, JSON list; empty: TensorRT, CUDA, CPU, those available."""
+
+    serve_host: str = "127.0.0.1"
+    """Where Ray Serve's HTTP proxy listens (``0.0.0.0`` opens it to the network)."""
+
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+
+    serve_min_replicas: int = Field(default=1, ge=0)
+    """Replicas per model kept up; 0 lets an idle model scale to zero."""
+
+    serve_max_replicas: int = Field(default=2, ge=1)
+
+    serve_target_ongoing_requests: float = Field(default=8.0, gt=0)
+    """Requests in flight per replica the autoscaler aims at."""
+
+    serve_replica_cpus: float = Field(default=0.5, gt=0)
+
+    serve_replica_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per replica (a fraction shares one); above 0 the model runs on CUDA."""
+
+    serve_poll_seconds: float = Field(default=5.0, gt=0)
+    """How often each replica checks where ``champion`` points; a move loads the new version."""
+
+    serve_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body ``/predict`` reads (413 beyond it)."""
+
+    serve_max_rows: int = Field(default=256, ge=1)
+    """Most rows one ``/predict`` request may carry (413 beyond it)."""
+
     ray_storage_path: str | None = None
     """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""
 
@@ -89,6 +122,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
+        if self.serve_min_replicas > self.serve_max_replicas:
+            raise ValueError(
+                f"serve_min_replicas ({self.serve_min_replicas}) must not exceed serve_max_replicas "
+                f"({self.serve_max_replicas})"
+            )
         self.state_dir = self.state_dir.expanduser().resolve()
         if self.data_store is None:
             self.data_store = self.state_dir / "datasets"

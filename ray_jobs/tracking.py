@@ -17,7 +17,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
-from ray_jobs import plots
+from ray_jobs import onnx_model, plots
 from ray_jobs.models import ModelSpec
 from ray_jobs.settings import Settings
 
@@ -161,10 +161,21 @@ def log_results(
 
 
 def log_and_register(
-    model: torch.nn.Module, spec: ModelSpec, example: np.ndarray, manifest: dict, hparams: dict, run_id: str
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    example: np.ndarray,
+    manifest: dict,
+    hparams: dict,
+    run_id: str,
+    check_rows: np.ndarray | None = None,
 ) -> str:
-    """Log the model with signature and input example, register it, tag the version with its lineage."""
+    """Log the model with signature and input example, register it, tag the version with its lineage.
+
+    Its ONNX export is made and checked against PyTorch on ``check_rows`` (default: ``example``)
+    first: an export that fails or disagrees stops here, before anything is registered.
+    """
     model.eval()
+    onnx_check = onnx_model.export_and_log(model, example, example if check_rows is None else check_rows)
     with torch.no_grad():
         example_output = model(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(
@@ -184,6 +195,7 @@ def log_and_register(
         "skytrain.dataset_version": manifest["version"],
         "skytrain.git_commit": git_commit(),
         "skytrain.architecture": ", ".join(f"{k}={hparams[k]}" for k in spec.architecture),
+        **onnx_model.version_tags(onnx_check),
     }
     for key, value in lineage.items():
         client.set_model_version_tag(spec.registered_name, version, key, value)

@@ -45,6 +45,7 @@ from ray_jobs.settings import Settings
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_TASK_CPUS = 0.25  # per Ray Data read task: small, so reads fit beside the training workers
 RESULT_MARKER = "SKYTRAIN_RESULT "  # the CLI's last line: how a Ray job hands its result back
+ONNX_CHECK_ROWS = 512  # test rows on which a version's ONNX export must agree with PyTorch
 
 
 def _evaluate(model: nn.Module, feed: ShardFeed, spec: ModelSpec, device, batch_size: int) -> dict:
@@ -410,7 +411,9 @@ def run_training(
         tracking.log_results(spec, test_metrics, test_x, test_y, output, best_epoch=state["epoch"])
         phases["evaluate"] = time.perf_counter() - started
         started = time.perf_counter()
-        version = tracking.log_and_register(net, spec, test_x[:5], manifest, hp, run.info.run_id)
+        version = tracking.log_and_register(
+            net, spec, test_x[:5], manifest, hp, run.info.run_id, check_rows=test_x[:ONNX_CHECK_ROWS]
+        )
         phases["register"] = time.perf_counter() - started
         mlflow.log_metrics({f"phase_{name}_seconds": seconds for name, seconds in phases.items()})
 

@@ -22,35 +22,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
 from flows.batch_inference import batch_inference
-from flows.datasets import diamonds, mnist
-from flows.datasets.store import write_version
 from flows.registry import CHAMPION
-from ray_jobs import storage, tracking
-from ray_jobs.dataset import load_split, read_manifest
-from ray_jobs.models import DiamondsRegressor, MnistCNN, spec_for
+from ray_jobs import storage
+from ray_jobs.dataset import load_split
+from ray_jobs.models import MnistCNN, spec_for
 from ray_jobs.settings import Settings
+from tests.registered import least_squares, register, small_diamonds, small_mnist
 
 REGRESSOR, CNN = spec_for("diamonds-regressor"), spec_for("mnist-cnn")
 IMAGES = 300  # test images; the CNN's dataset version is built from random uint8 images
-
-
-def register(net: torch.nn.Module, spec, version_dir: Path, hparams: dict) -> str:
-    manifest = read_manifest(version_dir)
-    example, _ = load_split(version_dir, "test", manifest)
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment(Settings())) as run:
-        return tracking.log_and_register(net, spec, example[:5], manifest, hparams, run.info.run_id)
-
-
-def least_squares(version_dir: Path) -> DiamondsRegressor:
-    """A linear regressor fitted on the train split."""
-    x, y = load_split(version_dir, "train")
-    mean, std = float(y.mean()), float(y.std())
-    solution, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], (y - mean) / std, rcond=None)
-    net = DiamondsRegressor(x.shape[1], arch="linear", target_mean=mean, target_std=std)
-    with torch.no_grad():
-        net.net.weight.copy_(torch.tensor(solution[:-1]))
-        net.net.bias.fill_(float(solution[-1]))
-    return net
 
 
 def write_idx(path: Path, images: np.ndarray, magic: int = 0x00000803, cut: int = 0) -> Path:
@@ -71,23 +51,7 @@ def store(tmp_path_factory, prefect_api, local_ray):
         patch.setenv("SKYTRAIN_STATE_DIR", str(tmp_path_factory.mktemp("batch-inference") / "state"))
         settings = Settings()
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        frame = diamonds.read_csv(settings.diamonds_path()).sample(3000, random_state=0)
-        tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.2)
-        gems = write_version(settings.data_store, "diamonds", "small", tables, manifest)
-
-        rng = np.random.default_rng(0)
-        pixels = {
-            split: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-            for split, n in (("train", 200), ("valid", 40), ("test", IMAGES))
-        }
-        # As in the bundled pickle: float32 pixel / 256.
-        splits = {
-            s: (u8.reshape(len(u8), -1).astype(np.float32) / 256, rng.integers(0, 10, len(u8)))
-            for s, u8 in pixels.items()
-        }
-        tables, manifest = mnist.transform(splits, seed=0, val_size=20)
-        digits = write_version(settings.data_store, "mnist", "small", tables, manifest)
-
+        gems, (digits, test_images) = small_diamonds(settings), small_mnist(settings, IMAGES)
         client = mlflow.MlflowClient()
         regressor = register(least_squares(gems), REGRESSOR, gems, {"arch": "linear", "hidden": 0})
         client.set_registered_model_alias(REGRESSOR.registered_name, CHAMPION, regressor)
@@ -95,7 +59,7 @@ def store(tmp_path_factory, prefect_api, local_ray):
             torch.manual_seed(seed)
             cnn = register(MnistCNN(width=8, depth=1).eval(), CNN, digits, {"width": 8, "depth": 1})
         client.set_registered_model_alias(CNN.registered_name, CHAMPION, cnn)
-        yield {"settings": settings, "diamonds": gems, "mnist": digits, "test_images": pixels["test"]}
+        yield {"settings": settings, "diamonds": gems, "mnist": digits, "test_images": test_images}
 
 
 def pyfunc(spec, version: str, features: np.ndarray) -> np.ndarray:
@@ -155,8 +119,9 @@ def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path):
     assert "| rejected | 3 |" in artifact.data and "| 7 | column 'depth' is null |" in artifact.data
 
 
-def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_path, s3_bucket):
-    """Version 1 (not the champion): Parquet images with bad rows on S3, and the same images as IDX."""
+def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_path, s3_bucket, monkeypatch):
+    """Version 1 (not the champion): Parquet images with bad rows on S3 (PyTorch), and the same images
+    as IDX (its ONNX export on onnxruntime)."""
     test = pq.read_table(store["mnist"] / "test.parquet")
     images = [np.asarray(image, np.float32) for image in test.column("image").to_pylist()]
     images[5], images[9][100], images[12] = images[5][:-1], np.nan, None
@@ -169,10 +134,12 @@ def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_pat
         return batch_inference(model="mnist-cnn", input_path=source, output_path=output, version="1", concurrency=1)
 
     from_s3 = score(f"s3://{s3_bucket}/in/images.parquet", f"s3://{s3_bucket}/out/run")
+    monkeypatch.setenv("SKYTRAIN_INFERENCE_RUNTIME", "onnx")
     from_idx = score(str(idx), str(tmp_path / "idx"))
 
     assert (from_s3["input_format"], from_idx["input_format"]) == ("parquet", "idx")
     assert from_s3["model_version"] == from_idx["model_version"] == "1" and from_s3["alias"] is None
+    assert (from_s3["runtime"], from_idx["runtime"]) == ("torch", "onnx")
     assert read(f"s3://{s3_bucket}/out/run/rejected.parquet").to_pydict() == {
         "row": [5, 9, 12],
         "reason": [
