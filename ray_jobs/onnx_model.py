@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -112,7 +113,8 @@ def export_and_log(model: torch.nn.Module, example: np.ndarray, rows: np.ndarray
         try:
             export(model, example, path)
         except Exception as error:  # the exporter raises many kinds; all mean "no export"
-            raise OnnxExportError(f"ONNX export failed: {type(error).__name__}: {error}") from error
+            first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()[0]
+            raise OnnxExportError(f"ONNX export failed: {type(error).__name__}: {first_line}") from error
         check = compare(path, model, rows)
         if not check["passed"]:
             raise OnnxExportError(

@@ -103,7 +103,11 @@ class ModelServer:
         self.device = "cuda" if settings.serve_replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.served: Served | None = None
         self.last_error: str | None = None
-        self.refresh()  # the replica takes traffic once it has its champion (or knows there is none)
+        try:  # the replica takes traffic once it has its champion, or knows why it has none
+            self.refresh()
+        except Exception as error:  # answered as 503 with the reason; the poller keeps trying
+            self.last_error = f"could not load the champion: {type(error).__name__}: {error}"
+            logger.exception("%s: %s", self.name, self.last_error)
         self.stopping = threading.Event()
         self.poller = threading.Thread(target=self._poll, name="champion-poller", daemon=True)
         self.poller.start()
@@ -214,22 +218,34 @@ def application(model: str, settings: Settings) -> serve.Application:
     ).bind(model, settings)
 
 
+def _logging(settings: Settings) -> dict[str, Any]:
+    # No access log line per request: at these latencies writing it is a noticeable part of the cost.
+    return {"enable_access_log": False, "log_level": settings.ray_log_level}
+
+
+def start(settings: Settings) -> None:
+    """Start Serve with its HTTP proxy on ``serve_host:serve_port``."""
+    serve.start(
+        http_options={"host": settings.serve_host, "port": settings.serve_port}, logging_config=_logging(settings)
+    )
+
+
+def run(model: str, settings: Settings) -> str:
+    """Deploy (or update in place) the application of ``model`` at ``/<model>``; its base URL."""
+    serve.run(
+        application(model, settings),
+        name=model,
+        route_prefix=f"/{model}",
+        blocking=False,
+        logging_config=_logging(settings),
+    )
+    return f"http://{settings.serve_host}:{settings.serve_port}/{model}"
+
+
 def deploy(models: list[str], settings: Settings) -> dict[str, str]:
-    """Start Serve's proxy on ``serve_host:serve_port`` and deploy each model; their base URLs."""
-    # No access log line per request: at these latencies writing it is a good part of the cost.
-    logging_config = {"enable_access_log": False, "log_level": settings.ray_log_level}
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port}, logging_config=logging_config)
-    urls = {}
-    for model in models:
-        serve.run(
-            application(model, settings),
-            name=model,
-            route_prefix=f"/{model}",
-            blocking=False,
-            logging_config=logging_config,
-        )
-        urls[model] = f"http://{settings.serve_host}:{settings.serve_port}/{model}"
-    return urls
+    """Start Serve and deploy each model; their base URLs."""
+    start(settings)
+    return {model: run(model, settings) for model in models}
 
 
 def main() -> None:
