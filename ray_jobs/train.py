@@ -356,6 +356,7 @@ def run_training(
     spec = spec_for(model)
     dataset_dir, manifest = open_version(spec, dataset_dir)
     hp = resolve_hparams(spec, hparams, epochs)
+    build_model(spec, manifest, hp)  # a bad architecture value fails here, before anything is logged or started
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if use_gpu is None:

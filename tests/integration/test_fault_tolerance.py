@@ -45,9 +45,11 @@ def _registered_checkpoints(run_dir: Path) -> int:
         return 0
 
 
-def _prepare_diamonds(settings: Settings):
-    path = settings.diamonds_path()
-    frame = diamonds.read_csv(path)
+def _prepare_diamonds(settings: Settings, rows: int | None = None):
+    """All of diamonds (epochs long enough to kill a worker in one), or a sample of ``rows``."""
+    frame = diamonds.read_csv(settings.diamonds_path())
+    if rows is not None:
+        frame = frame.sample(rows, random_state=0)
     tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
     return write_version(settings.data_store, "diamonds", "fault-test", tables, manifest)
 
@@ -92,7 +94,7 @@ def test_killed_worker_is_replaced_and_training_resumes(local_ray, state_dir):
 def test_early_stopping_ends_a_run_that_stopped_improving(local_ray, state_dir):
     """A learning rate far too high makes validation worse; patience 1 stops the run early."""
     settings = Settings()
-    dataset_dir = _prepare_diamonds(settings)
+    dataset_dir = _prepare_diamonds(settings, rows=12000)
     result = run_training(
         "diamonds-regressor", dataset_dir, epochs=8, num_workers=1, hparams={"lr": 3.0, "patience": 1}
     )
@@ -115,7 +117,7 @@ run_training("diamonds-regressor", sys.argv[1], epochs=int(sys.argv[2]), num_wor
 def test_rerun_with_the_same_run_name_resumes_a_crashed_training(local_ray, state_dir):
     """The whole training process (driver, its Ray, its workers) is killed; a rerun continues it."""
     settings = Settings()
-    dataset_dir = _prepare_diamonds(settings)
+    dataset_dir = _prepare_diamonds(settings, rows=12000)  # the kill comes epochs before the end anyway
     run_name = "crashed"
     driver = subprocess.Popen(
         [sys.executable, "-c", CRASHING_DRIVER, str(dataset_dir), str(EPOCHS), run_name],

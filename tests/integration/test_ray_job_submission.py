@@ -59,7 +59,7 @@ def _stop(processes: list[psutil.Process]) -> None:
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=15)
+    _, alive = psutil.wait_procs(processes, timeout=5)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
