@@ -32,6 +32,7 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.train_epoch
 	$(PY) -m benchmarks.batch_inference
+	$(PY) -m benchmarks.serving
 
 # Online serving of both models' champions on Ray Serve: http://127.0.0.1:8000/<model>/predict (Ctrl-C stops).
 serve: setup

@@ -8,6 +8,8 @@ each figure is the best of three passes (one in quick mode), rows per second.
   1 thread and one per core is the baseline.
 - pyfunc: the same loop through ``mlflow.pyfunc``'s ``predict`` (the engine's other way to load a
   model, measured to choose between them).
+- onnxruntime: the same loop over the version's ONNX export (``SKYTRAIN_INFERENCE_RUNTIME=onnx``),
+  same thread count.
 - engine: ``ray_jobs.batch_predict.predict`` end to end, from the Parquet file to the two files
   written: reading, row checks, the actors' start-up and model loads, scoring, writing; with 1
   actor and with one per core, the faster compared. Also reported: its start-up (until the first
@@ -24,13 +26,10 @@ The models are untrained, in their default architectures: throughput does not de
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 # Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
@@ -43,16 +42,18 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks.train_epoch import prepare  # noqa: E402
 from flows.batch_inference import DEFAULT_BATCH_SIZE  # noqa: E402
 from ray_jobs import batch_predict, tracking  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
+from ray_jobs.inference import Scoring  # noqa: E402
 from ray_jobs.models import build_model, spec_for  # noqa: E402
+from ray_jobs.onnx_model import OnnxPredictor  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.8  # engine rows/s >= 0.8x plain torch rows/s
 
 
@@ -84,7 +85,7 @@ def loop_seconds(predict, features: np.ndarray, batch_size: int, threads: int, r
         torch.set_num_threads(previous)
 
 
-def engine(source: Path, scoring: batch_predict.Scoring, batch_size: int, actors: int, repeats: int) -> dict:
+def engine(source: Path, scoring: Scoring, batch_size: int, actors: int, repeats: int) -> dict:
     """End-to-end runs of the engine with ``actors`` actors, each into a new folder; the best one's figures."""
     runs = []
     for _ in range(repeats):
@@ -109,7 +110,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     dataset_dir = prepare(model, limit_rows, settings)
     version = register(model, dataset_dir, settings)
     manifest = read_manifest(dataset_dir)
-    scoring = batch_predict.Scoring.of(spec_for(model).registered_name, version, manifest, settings.mlflow_tracking_uri)
+    scoring = Scoring.of(spec_for(model).registered_name, version, manifest, settings.mlflow_tracking_uri)
     features, _ = load_split(dataset_dir, "test", manifest)
     rows, batch_size, repeats = len(features), args.batch_size, args.repeats
 
@@ -122,6 +123,8 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     plain_rps = rows / min(plain)
     wrapper = mlflow.pyfunc.load_model(scoring.model_uri)
     pyfunc = loop_seconds(wrapper.predict, features, batch_size, threads, repeats)
+    onnx = OnnxPredictor.of_run(scoring.run_id, settings.mlflow_tracking_uri, threads=threads)
+    onnxruntime = loop_seconds(onnx.predict, features, batch_size, threads, repeats)
 
     source = Path(tempfile.mkdtemp(prefix="batch-inference-", dir=settings.state_dir)) / "test.parquet"
     shutil.copy(dataset_dir / "test.parquet", source)
@@ -141,6 +144,13 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
             "by_threads": {str(t): rows / min(s) for t, s in by_threads.items()},
         },
         "pyfunc": {"rows_per_second": rows / min(pyfunc), "seconds": pyfunc, "threads": threads},
+        "onnxruntime": {
+            "rows_per_second": rows / min(onnxruntime),
+            "ratio": min(plain) / min(onnxruntime),  # throughput against plain torch's
+            "seconds": onnxruntime,
+            "threads": threads,
+            "providers": onnx.providers,
+        },
         "engine": max(by_actors.values(), key=lambda result: result["rows_per_second"]),  # the faster pool
         "engine_by_actors": {str(a): result for a, result in by_actors.items()},
     }
@@ -167,20 +177,7 @@ def main() -> None:
             row = measure(model, limit_rows, args, cpus, settings)
             rows.append(row)
             print(format_row(row), flush=True)
-    report = {
-        "benchmark": "batch_inference",
-        "quick": args.quick,
-        "date": date.today().isoformat(),
-        "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__},
-        "targets": {"engine": f">= {TARGET}x plain torch rows/s"},
-        "results": rows,
-    }
-    suffix = "-quick" if args.quick else ""
-    output = args.output or RESULTS / f"{date.today().isoformat()}-batch-inference{suffix}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    report.write("batch-inference", args.quick, cpus, {"engine": f">= {TARGET}x plain torch rows/s"}, rows, args.output)
 
 
 def format_row(row: dict) -> str:
@@ -191,6 +188,8 @@ def format_row(row: dict) -> str:
         f"plain torch {plain['rows_per_second']:,.0f} rows/s ({threads})",
         f"pyfunc predict: {pyfunc['rows_per_second']:,.0f} rows/s "
         f"= {pyfunc['rows_per_second'] / plain['rows_per_second']:.2f}x",
+        f"ONNX export on onnxruntime ({row['onnxruntime']['providers'][0]}): "
+        f"{row['onnxruntime']['rows_per_second']:,.0f} rows/s = {row['onnxruntime']['ratio']:.2f}x",
     ]
     for engine in row["engine_by_actors"].values():
         verdict = "meets" if engine["ratio"] >= TARGET else "misses"

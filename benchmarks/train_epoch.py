@@ -16,15 +16,12 @@ of the rows each, without any communication.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date
 from pathlib import Path
 
 # Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
@@ -38,6 +35,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from flows.datasets import diamonds, mnist  # noqa: E402
 from flows.datasets.store import write_version  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
@@ -45,8 +43,6 @@ from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
 from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
@@ -176,19 +172,8 @@ def main() -> None:
                 row[f"ray_{workers}w"] = ray_summary
             rows.append(row)
             print(format_row(row), flush=True)
-    report = {
-        "benchmark": "train_epoch",
-        "quick": args.quick,
-        "date": date.today().isoformat(),
-        "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__},
-        "targets": {"ray_1w": "<= 1.05x plain", "ray_2w": "<= 0.85x plain"},
-        "results": rows,
-    }
-    output = args.output or RESULTS / f"{date.today().isoformat()}-train-epoch{'-quick' if args.quick else ''}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    targets = {"ray_1w": "<= 1.05x plain", "ray_2w": "<= 0.85x plain"}
+    report.write("train-epoch", args.quick, cpus, targets, rows, args.output)
 
 
 def format_row(row: dict) -> str:

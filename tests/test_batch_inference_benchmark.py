@@ -32,5 +32,9 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path):
     assert plain["rows_per_second"] == row["rows"] / min(plain["seconds"]) > 0
     assert engine["rows_per_second"] > 0 and engine["ratio"] == engine["rows_per_second"] / plain["rows_per_second"]
     assert row["pyfunc"]["rows_per_second"] > 0 and row["batch_size"] == 64
+    onnx = row["onnxruntime"]
+    assert onnx["providers"][-1] == "CPUExecutionProvider" and onnx["ratio"] == min(plain["seconds"]) / min(
+        onnx["seconds"]
+    )
     assert engine["actors"] == 1 and row["engine_by_actors"] == {"1": engine}
     assert engine["startup_seconds"] > 0 and engine["steady_rows_per_second"] > 0  # 4 batches: a pace after the 1st

@@ -1,0 +1,41 @@
+"""The serving benchmark's quick mode runs once, so it keeps working (figures, not thresholds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_serving_quick_mode_compares_skytrain_with_mlflow_models_serve(tmp_path):
+    output = tmp_path / "serving.json"
+    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(tmp_path / "state")}
+    subprocess.run(
+        # Both runtimes, two concurrencies, few requests; the replica takes a quarter CPU beside the test's Ray.
+        [sys.executable, "-m", "benchmarks.serving", "--quick", "--replica-cpus", "0.25"]
+        + ["--concurrency", "1", "4", "--requests", "20", "40", "--output", str(output)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=600,
+    )
+    report = json.loads(output.read_text())
+    assert report["quick"] is True and report["benchmark"] == "serving"
+    (result,) = report["results"]
+    servers = {server["server"]: server for server in result["servers"]}
+    assert list(servers) == ["skytrain (torch)", "skytrain (onnx)", "mlflow models serve"]
+    mlflow_figures = servers["mlflow models serve"]["by_concurrency"]
+    assert set(result["ray_serve_floor"]["by_concurrency"]) == {"1", "4"}
+    for name in ("skytrain (torch)", "skytrain (onnx)"):
+        for level, requests in (("1", 20), ("4", 40)):
+            figures = servers[name]["by_concurrency"][level]
+            assert figures["requests"] == requests and 0 < figures["p50_ms"] <= figures["p99_ms"]
+            assert (
+                figures["rps_ratio_to_mlflow"]
+                == figures["requests_per_second"] / mlflow_figures[level]["requests_per_second"]
+            )
+            assert figures["p50_goal_met"] == (figures["p50_ms"] <= 5.0)
