@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 # Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
-os.environ.setdefault("SKYTRAIN_STATE_DIR", tempfile.mkdtemp(prefix="skytrain-bench-"))
+if "SKYTRAIN_STATE_DIR" not in os.environ:
+    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -156,7 +157,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small slices, one repetition (CI)")
     parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--output", type=Path, help="JSON file (default benchmarks/results/<date>-batch-inference.json)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     limit_rows = 2000 if args.quick else None
     args.repeats = args.repeats or (1 if args.quick else 3)
     settings = Settings()

@@ -16,7 +16,7 @@ share of the requests one after another. Reported per server and concurrency: p5
 
 Goals (issue 4): p50 <= 5 ms for one image and more requests/s than the MLflow server.
 
-    python -m benchmarks.serving            # 1,000 requests at concurrency 1, 4,000 at 16, per server
+    python -m benchmarks.serving            # 500 requests at concurrency 1, 2,000 at 16, per server
     python -m benchmarks.serving --quick    # 50 and 160 requests: keeps the code working (CI)
 """
 
@@ -36,7 +36,8 @@ import urllib.request
 from pathlib import Path
 
 # Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
-os.environ.setdefault("SKYTRAIN_STATE_DIR", tempfile.mkdtemp(prefix="skytrain-bench-"))
+if "SKYTRAIN_STATE_DIR" not in os.environ:
+    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -134,12 +135,15 @@ def skytrain_serve(settings: Settings, runtime: str, bodies: list[bytes], plan: 
 
 
 @serve.deployment
-class NoOp:
+class NoOp:  # pickled by value (below): replicas need not import this module
     """Ray Serve's floor: reads the request, answers a constant."""
 
     async def __call__(self, request) -> dict:
         await request.body()
         return {"predictions": []}
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def serve_floor(settings: Settings, bodies: list[bytes], plan: dict[int, int]) -> dict:
@@ -186,18 +190,18 @@ def mlflow_serve(settings: Settings, bodies: list[bytes], plan: dict[int, int]) 
             server.wait()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few requests (CI)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument(
-        "--requests", type=int, nargs="+", help="per concurrency (default 1000 and 4000; quick 50, 160)"
+        "--requests", type=int, nargs="+", help="per concurrency (default 500 and 2000; quick 50, 160)"
     )
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-serving.json)")
-    args = parser.parse_args()
-    counts = args.requests or ([50, 160] if args.quick else [1000, 4000])
+    args = parser.parse_args(argv)
+    counts = args.requests or ([50, 160] if args.quick else [500, 2000])
     if len(counts) != len(args.concurrency):
         parser.error("give one --requests count per --concurrency")
     plan = dict(zip(args.concurrency, counts))

@@ -25,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 # Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
-os.environ.setdefault("SKYTRAIN_STATE_DIR", tempfile.mkdtemp(prefix="skytrain-bench-"))
+if "SKYTRAIN_STATE_DIR" not in os.environ:
+    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -135,14 +136,14 @@ def summary(times: list[float]) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small slices and 2 epochs (CI)")
     parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-train-epoch.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     limit_rows, epochs = (3000, 2) if args.quick else (None, args.epochs or 4)
     settings = Settings()
     rows = []

@@ -120,3 +120,13 @@ def small_mnist(rows: int = 40, seed: int = 0):
         return (rng.random((n, 784), dtype=np.float32) * 0.99, rng.integers(0, 10, n).astype(np.int64))
 
     return [split(rows), split(rows // 2), split(rows // 2)]
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """For code that sets PyTorch's thread count in this process (benchmarks): restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

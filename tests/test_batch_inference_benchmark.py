@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import batch_inference
 
 
-def test_batch_inference_quick_mode_reports_ratios(tmp_path):
+def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ray, keep_torch_threads):
     output = tmp_path / "batch-inference.json"
-    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(tmp_path / "state")}
-    subprocess.run(
+    batch_inference.main(
         # One model keeps CI short; the CNN takes the same code paths.
-        [sys.executable, "-m", "benchmarks.batch_inference", "--quick", "--models", "diamonds-regressor"]
+        ["--quick", "--models", "diamonds-regressor"]
         + ["--batch-size", "64", "--actors", "1", "--output", str(output)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=900,
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True

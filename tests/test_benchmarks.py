@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import train_epoch
 
 
-def test_train_epoch_quick_mode_reports_ratios(tmp_path):
+def test_train_epoch_quick_mode_reports_ratios(tmp_path, state_dir, local_ray, keep_torch_threads):
     output = tmp_path / "train-epoch.json"
-    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(tmp_path / "state")}
-    subprocess.run(
+    train_epoch.main(
         # One model and one worker count keep CI short; the others take the same code paths.
-        [sys.executable, "-m", "benchmarks.train_epoch", "--quick", "--models", "diamonds-regressor"]
-        + ["--workers", "1", "--output", str(output)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=900,
+        ["--quick", "--models", "diamonds-regressor"] + ["--workers", "1", "--output", str(output)],
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import serving
 
 
-def test_serving_quick_mode_compares_skytrain_with_mlflow_models_serve(tmp_path):
+def test_serving_quick_mode_compares_skytrain_with_mlflow_models_serve(tmp_path, state_dir, local_ray):
     output = tmp_path / "serving.json"
-    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(tmp_path / "state")}
-    subprocess.run(
+    serving.main(
         # Both runtimes, two concurrencies, few requests; the replica takes a quarter CPU beside the test's Ray.
-        [sys.executable, "-m", "benchmarks.serving", "--quick", "--replica-cpus", "0.25"]
+        ["--quick", "--replica-cpus", "0.25"]
         + ["--concurrency", "1", "4", "--requests", "20", "40", "--output", str(output)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=600,
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True and report["benchmark"] == "serving"

@@ -16,13 +16,14 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+import ray
 
 from flows.datasets import diamonds
 from flows.datasets.store import write_version
 from ray_jobs.settings import Settings
 from ray_jobs.train import run_training
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 def _our_train_workers() -> list[psutil.Process]:
@@ -109,18 +110,20 @@ CRASHING_DRIVER = """
 import sys
 import ray
 from ray_jobs.train import run_training
-ray.init(num_cpus=2)
+ray.init(address=sys.argv[4])
 run_training("diamonds-regressor", sys.argv[1], epochs=int(sys.argv[2]), num_workers=1, run_name=sys.argv[3])
 """
 
 
 def test_rerun_with_the_same_run_name_resumes_a_crashed_training(local_ray, state_dir):
-    """The whole training process (driver, its Ray, its workers) is killed; a rerun continues it."""
+    """The training's driver process is killed (on the session's Ray: its Ray Train controller and
+    workers die with it, as they do when a driver's whole machine goes); a rerun continues it."""
     settings = Settings()
     dataset_dir = _prepare_diamonds(settings, rows=12000)  # the kill comes epochs before the end anyway
     run_name = "crashed"
+    ray_address = ray.get_runtime_context().gcs_address
     driver = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_DRIVER, str(dataset_dir), str(EPOCHS), run_name],
+        [sys.executable, "-c", CRASHING_DRIVER, str(dataset_dir), str(EPOCHS), run_name, ray_address],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
