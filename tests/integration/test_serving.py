@@ -172,3 +172,11 @@ def test_a_promotion_moves_the_served_version_without_dropping_requests(service)
     switch = versions.index(better)
     assert set(versions[:switch]) == {before} and set(versions[switch:]) == {better}, "versions went back and forth"
     assert served_version(service, "diamonds-regressor") == better
+
+
+def test_unknown_routes_and_wrong_methods_are_refused(service):
+    http, url = service["http"], service["urls"]["mnist-cnn"]
+    assert http.get(f"{url}/predict").status_code == 405
+    assert http.post(f"{url}/health").status_code == 405
+    missing = http.get(f"{url}/metrics")
+    assert missing.status_code == 404 and "use POST /predict" in missing.json()["error"]
