@@ -10,7 +10,8 @@ each figure is the best of three passes (one in quick mode), rows per second.
   model, measured to choose between them).
 - onnxruntime: the same loop over the version's ONNX export (``SKYTRAIN_INFERENCE_RUNTIME=onnx``),
   same thread count.
-- engine: ``ray_jobs.batch_predict.predict`` end to end, from the Parquet file to the two files
+- engine: ``ray_jobs.batch_predict.predict`` end to end (``--runtime``, default ``auto``: the
+  version's ONNX export, as ``batch_inference`` runs it by default), from the Parquet file to the two files
   written: reading, row checks, the actors' start-up and model loads, scoring, writing; with 1
   actor and with one per core, the faster compared. Also reported: its start-up (until the first
   scored batch is back in the driver) and its steady pace after that (the other rows over the
@@ -97,6 +98,7 @@ def engine(source: Path, scoring: Scoring, batch_size: int, actors: int, repeats
     best = min(runs, key=lambda run: run["seconds"])
     return {
         "actors": best["actors"],
+        "runtime": best["runtime"],
         "rows_per_second": best["rows_in"] / best["seconds"],
         "seconds": [run["seconds"] for run in runs],
         "rows_in": best["rows_in"],
@@ -111,7 +113,8 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     dataset_dir = prepare(model, limit_rows, settings)
     version = register(model, dataset_dir, settings)
     manifest = read_manifest(dataset_dir)
-    scoring = Scoring.of(spec_for(model).registered_name, version, manifest, settings.mlflow_tracking_uri)
+    name = spec_for(model).registered_name
+    scoring = Scoring.of(name, version, manifest, settings.mlflow_tracking_uri, args.runtime)
     features, _ = load_split(dataset_dir, "test", manifest)
     rows, batch_size, repeats = len(features), args.batch_size, args.repeats
 
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--actors", type=int, nargs="+", help="engine actor counts (default: 1 and one per CPU)")
+    parser.add_argument(
+        "--runtime", choices=["auto", "torch", "onnx"], default="auto", help="the engine's (auto: the ONNX export)"
+    )
     parser.add_argument("--repeats", type=int, help="passes per figure, the best kept (default 3, quick 1)")
     parser.add_argument(
         "--output", type=Path, help="JSON file (default benchmarks/results/<date>-batch-inference.json)"
@@ -195,7 +201,7 @@ def format_row(row: dict) -> str:
     for engine in row["engine_by_actors"].values():
         verdict = "meets" if engine["ratio"] >= TARGET else "misses"
         lines.append(
-            f"engine, {engine['actors']} actor{'s' if engine['actors'] > 1 else ''}, end to end: "
+            f"engine ({engine['runtime']}), {engine['actors']} actor{'s' if engine['actors'] > 1 else ''}, end to end: "
             f"{engine['rows_per_second']:,.0f} rows/s = {engine['ratio']:.2f}x ({verdict} >= {TARGET}x); "
             f"start-up {engine['startup_seconds']:.1f}s, "
             f"then {engine['steady_rows_per_second'] or 0:,.0f} rows/s = {engine['steady_ratio'] or 0:.2f}x"

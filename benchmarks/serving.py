@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few requests (CI)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument(
-        "--requests", type=int, nargs="+", help="per concurrency (default 500 and 2000; quick 50, 160)"
-    )
+    parser.add_argument("--requests", type=int, nargs="+", help="per concurrency (default 500 and 2000; quick 50, 160)")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-serving.json)")

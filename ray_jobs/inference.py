@@ -70,14 +70,20 @@ class Scoring:
 
     @classmethod
     def of(
-        cls, name: str, version: str, manifest: dict[str, Any], tracking_uri: str, runtime: Runtime = "torch"
+        cls, name: str, version: str, manifest: dict[str, Any], tracking_uri: str, runtime: str = "torch"
     ) -> Scoring:
         """Scoring with a registered version whose files are located here, once: the actors load them
-        straight from the artifact store without opening the registry (3 s less per actor here)."""
+        straight from the artifact store without opening the registry (3 s less per actor here).
+
+        ``runtime`` ``auto`` is ``onnx`` for a version with an ONNX export (its ``skytrain.onnx``
+        tag), else ``torch``.
+        """
         client = mlflow.MlflowClient(tracking_uri)
         artifacts = client.get_model_version_download_uri(name, str(version))
-        run_id = client.get_model_version(name, str(version)).run_id
-        return cls(name, str(version), artifacts, tracking_uri, manifest, run_id, runtime)
+        registered = client.get_model_version(name, str(version))
+        if runtime == "auto":
+            runtime = "onnx" if "skytrain.onnx" in registered.tags else "torch"
+        return cls(name, str(version), artifacts, tracking_uri, manifest, registered.run_id, runtime)
 
     @property
     def model_uri(self) -> str:

@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     promotion_lock_timeout: float = Field(default=600.0, gt=0)
     """Seconds a promotion or rollback waits for another one of the same model to finish."""
 
-    inference_runtime: Literal["torch", "onnx"] = "torch"
-    """What batch inference and serving run: the logged PyTorch model, or its ONNX export on onnxruntime."""
+    inference_runtime: Literal["auto", "torch", "onnx"] = "auto"
+    """What batch inference and serving run: the logged PyTorch model, its ONNX export on onnxruntime,
+    or ``auto``: the export where the version has one (the CNN ran 4x PyTorch's throughput on CPU)."""
 
     onnx_providers: list[str] = Field(default_factory=list)
     """onnxruntime execution providers, JSON list; empty: TensorRT, CUDA, CPU, those available."""

@@ -133,8 +133,9 @@ def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_pat
     def score(source: str, output: str) -> dict:
         return batch_inference(model="mnist-cnn", input_path=source, output_path=output, version="1", concurrency=1)
 
+    monkeypatch.setenv("SKYTRAIN_INFERENCE_RUNTIME", "torch")
     from_s3 = score(f"s3://{s3_bucket}/in/images.parquet", f"s3://{s3_bucket}/out/run")
-    monkeypatch.setenv("SKYTRAIN_INFERENCE_RUNTIME", "onnx")
+    monkeypatch.setenv("SKYTRAIN_INFERENCE_RUNTIME", "auto")  # the version has an export: onnx
     from_idx = score(str(idx), str(tmp_path / "idx"))
 
     assert (from_s3["input_format"], from_idx["input_format"]) == ("parquet", "idx")

@@ -52,6 +52,7 @@ def service(tmp_path_factory, prefect_api, local_ray):
             serve_replica_cpus=0.25,
             serve_min_replicas=1,
             serve_max_replicas=1,
+            inference_runtime="torch",
         )
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         gems, (digits, _) = small_diamonds(settings), small_mnist(settings, test_images=40)
