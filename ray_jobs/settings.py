@@ -74,7 +74,7 @@ class Settings(BaseSettings):
 
     inference_runtime: Literal["auto", "torch", "onnx"] = "auto"
     """What batch inference and serving run: the logged PyTorch model, its ONNX export on onnxruntime,
-    or ``auto``: the export where the version has one (the CNN ran 4x PyTorch's throughput on CPU)."""
+    or ``auto``: the export where the version has one (the CNN ran ~4x PyTorch's throughput on CPU)."""
 
     onnx_providers: list[str] = Field(default_factory=list)
     """onnxruntime execution providers, JSON list; empty: TensorRT, CUDA, CPU, those available."""
