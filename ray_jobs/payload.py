@@ -44,6 +44,22 @@ def _first_non_number(rows: list[Any], path: str = "inputs") -> tuple[str, Any] 
     return None
 
 
+def _numbers(rows: list[Any], field: str, maybe_booleans: bool) -> np.ndarray:
+    """The rows as one float64 array. Only a body that is not all numbers is walked value by value
+    (to name the first bad one): NumPy alone would take a boolean or a numeric string as a number."""
+    try:
+        values = np.array(rows)
+    except ValueError:  # nested lists of unequal lengths
+        values = None
+    if values is None or values.dtype.kind not in "iuf" or maybe_booleans:
+        if (found := _first_non_number(rows, field)) is not None:
+            where, value = found
+            raise PayloadError(422, where, "a number", f"got {json.dumps(value)[:80]}")
+        if values is None:
+            raise PayloadError(422, field, "rows of equal shape", "the rows' lists differ in length")
+    return values.astype(np.float64)
+
+
 def parse(body: bytes, row_shape: tuple[int, ...], max_rows: int, max_bytes: int) -> np.ndarray:
     """The rows of ``body`` as float32, shaped ``(n, *row_shape)``; ``PayloadError`` for anything else."""
     if len(body) > max_bytes:
@@ -67,13 +83,7 @@ def parse(body: bytes, row_shape: tuple[int, ...], max_rows: int, max_bytes: int
         raise PayloadError(422, field, "a non-empty list of rows", f"got {json.dumps(rows)[:80]}")
     if len(rows) > max_rows:
         raise PayloadError(413, field, f"at most {max_rows} rows per request", f"got {len(rows)}")
-    if (found := _first_non_number(rows, field)) is not None:
-        where, value = found
-        raise PayloadError(422, where, "a number", f"got {json.dumps(value)[:80]}")
-    try:
-        values = np.array(rows, dtype=np.float64)
-    except ValueError:  # nested lists of unequal lengths
-        raise PayloadError(422, field, "rows of equal shape", "the rows' lists differ in length") from None
+    values = _numbers(rows, field, maybe_booleans=b"true" in body or b"false" in body)
     size = math.prod(row_shape)
     if values.shape[1:] != row_shape and values.shape[1:] != (size,):
         flat = f" (or {size} numbers flat)" if len(row_shape) > 1 else ""
