@@ -10,18 +10,19 @@ from benchmarks import serving
 def test_serving_quick_mode_compares_skytrain_with_mlflow_models_serve(tmp_path, state_dir, local_ray):
     output = tmp_path / "serving.json"
     serving.main(
-        # Both runtimes, two concurrencies, few requests; the replica takes a quarter CPU beside the test's Ray.
-        ["--quick", "--replica-cpus", "0.25"]
+        # One runtime (the other is one setting away: tests/integration/test_serving.py serves both),
+        # two concurrencies, few requests; the replica takes a quarter CPU beside the test's Ray.
+        ["--quick", "--replica-cpus", "0.25", "--runtimes", "onnx"]
         + ["--concurrency", "1", "4", "--requests", "20", "40", "--output", str(output)],
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True and report["benchmark"] == "serving"
     (result,) = report["results"]
     servers = {server["server"]: server for server in result["servers"]}
-    assert list(servers) == ["skytrain (torch)", "skytrain (onnx)", "mlflow models serve"]
+    assert list(servers) == ["skytrain (onnx)", "mlflow models serve"]
     mlflow_figures = servers["mlflow models serve"]["by_concurrency"]
     assert set(result["ray_serve_floor"]["by_concurrency"]) == {"1", "4"}
-    for name in ("skytrain (torch)", "skytrain (onnx)"):
+    for name in ["skytrain (onnx)"]:
         for level, requests in (("1", 20), ("4", 40)):
             figures = servers[name]["by_concurrency"][level]
             assert figures["requests"] == requests and 0 < figures["p50_ms"] <= figures["p99_ms"]

@@ -103,8 +103,9 @@ def test_interrupting_the_flow_stops_its_job(prefect_api, state_dir, ray_head):
     try:
         deadline = time.monotonic() + 180
         job_id = None
-        while job_id is None or "epoch 1/" not in client.get_job_logs(job_id):  # training under way
-            assert time.monotonic() < deadline, "the flow's job never started training"
+        # Its driver running on the cluster is enough: what is checked is that the job is stopped.
+        while job_id is None or client.get_job_status(job_id) != JobStatus.RUNNING:
+            assert time.monotonic() < deadline, "the flow's job never started running"
             assert flow_process.poll() is None, "the flow ended before it was interrupted"
             job_id = next(iter(_job_ids(ray_head) - before), None)
             time.sleep(1)
