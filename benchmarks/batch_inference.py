@@ -139,7 +139,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
         shutil.copy(dataset_dir / "test.parquet", source)
     else:
         test = pq.read_table(dataset_dir / "test.parquet")
-        pq.write_table(pa.concat_tables([test] * args.copies), source)
+        pq.write_table(pa.concat_tables([test] * args.copies), source, row_group_size=10_000)
     by_actors = {a: engine(source, scoring, batch_size, a, repeats) for a in args.actors or sorted({1, cpus})}
     for result in by_actors.values():
         result["ratio"] = result["rows_per_second"] / plain_rps
