@@ -117,7 +117,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     version = register(model, dataset_dir, settings)
     manifest = read_manifest(dataset_dir)
     name = spec_for(model).registered_name
-    scoring = Scoring.of(name, version, manifest, settings.mlflow_tracking_uri, args.runtime)
+    scoring = Scoring.of(name, version, manifest, settings.mlflow_tracking_uri, args.runtime, settings.onnx_providers)
     features, _ = load_split(dataset_dir, "test", manifest)
     features = np.concatenate([features] * args.copies)  # the plain loops score what the engine reads
     rows, batch_size, repeats = len(features), args.batch_size, args.repeats

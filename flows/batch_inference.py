@@ -84,7 +84,12 @@ def batch_inference(
     chosen = resolve_version(mlflow.MlflowClient(), spec.registered_name, version)
     dataset_version, manifest = training_manifest(chosen, spec.dataset, settings.data_store)
     scoring = Scoring.of(
-        spec.registered_name, chosen.version, manifest, settings.mlflow_tracking_uri, settings.inference_runtime
+        spec.registered_name,
+        chosen.version,
+        manifest,
+        settings.mlflow_tracking_uri,
+        settings.inference_runtime,
+        settings.onnx_providers,
     )
     output = output_path or default_output(settings, model, scoring.model_version)
     logger.info("%s: scoring %s with %s into %s", model, input_path, scoring.model_uri, output)

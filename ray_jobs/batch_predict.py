@@ -247,7 +247,7 @@ class Scorer:
 
     def __init__(self, scoring: Scoring, threads: int) -> None:
         self.scoring = scoring
-        self.predict = load_predictor(scoring, threads, onnx_providers=Settings().onnx_providers or None)
+        self.predict = load_predictor(scoring, threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         features, reasons = validate(batch, self.scoring)

@@ -57,7 +57,8 @@ class Scoring:
     ``artifact_uri`` is where the version's files are (``file://``, ``s3://``, ``mlflow-artifacts:``);
     ``run_id`` is its training run (where its ONNX export is); ``manifest`` is the manifest of the
     dataset version the model was trained on: feature columns and shape, classes or target, and
-    the normalization of raw images.
+    the normalization of raw images. ``onnx_providers``: onnxruntime's execution providers, empty
+    for the preferred available ones; decided where the scoring is set up, not in each actor.
     """
 
     model_name: str
@@ -67,10 +68,17 @@ class Scoring:
     manifest: dict[str, Any]
     run_id: str | None = None
     runtime: Runtime = "torch"
+    onnx_providers: tuple[str, ...] = ()
 
     @classmethod
     def of(
-        cls, name: str, version: str, manifest: dict[str, Any], tracking_uri: str, runtime: str = "torch"
+        cls,
+        name: str,
+        version: str,
+        manifest: dict[str, Any],
+        tracking_uri: str,
+        runtime: str = "torch",
+        onnx_providers: list[str] | tuple[str, ...] = (),
     ) -> Scoring:
         """Scoring with a registered version whose files are located here, once: the actors load them
         straight from the artifact store without opening the registry (3 s less per actor here).
@@ -83,7 +91,9 @@ class Scoring:
         registered = client.get_model_version(name, str(version))
         if runtime == "auto":
             runtime = "onnx" if "skytrain.onnx" in registered.tags else "torch"
-        return cls(name, str(version), artifacts, tracking_uri, manifest, registered.run_id, runtime)
+        return cls(
+            name, str(version), artifacts, tracking_uri, manifest, registered.run_id, runtime, tuple(onnx_providers)
+        )
 
     @property
     def model_uri(self) -> str:
@@ -123,9 +133,7 @@ class Scoring:
         return pa.schema([("row", pa.int64()), *fields, ("model_name", pa.string()), ("model_version", pa.string())])
 
 
-def load_predictor(
-    scoring: Scoring, threads: int = 1, device: str = "cpu", onnx_providers: list[str] | None = None
-) -> Callable[[np.ndarray], torch.Tensor]:
+def load_predictor(scoring: Scoring, threads: int = 1, device: str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
     """The version as a function from float32 rows (shaped as the model takes them) to its output.
 
     ``torch``: the PyTorch module MLflow logged, rather than the pyfunc wrapper: the same forward
@@ -137,7 +145,8 @@ def load_predictor(
     if scoring.runtime == "onnx":
         if scoring.run_id is None:
             raise ValueError(f"{scoring.model_uri}: no training run known, so no ONNX export to load")
-        session = OnnxPredictor.of_run(scoring.run_id, scoring.tracking_uri, threads, onnx_providers)
+        providers = list(scoring.onnx_providers) or None
+        session = OnnxPredictor.of_run(scoring.run_id, scoring.tracking_uri, threads, providers)
         return lambda rows: torch.from_numpy(session.predict(rows))
     model = mlflow.pytorch.load_model(scoring.artifact_uri, map_location=device)
     target = torch.device(device)

@@ -88,7 +88,8 @@ def compare(path: Path, model: torch.nn.Module, rows: np.ndarray) -> dict[str, A
     """Run the export and the model on ``rows``: the largest differences and whether they are in tolerance."""
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(np.ascontiguousarray(rows))).numpy()
-    actual = OnnxPredictor(path).predict(rows)
+    predictor = OnnxPredictor(path)
+    actual = predictor.predict(rows)
     difference = np.abs(actual.astype(np.float64) - expected)
     allowed = ATOL + RTOL * np.abs(expected)
     return {
@@ -99,7 +100,7 @@ def compare(path: Path, model: torch.nn.Module, rows: np.ndarray) -> dict[str, A
         "max_excess": float((difference - allowed).max()),  # <= 0: within tolerance everywhere
         "passed": bool((difference <= allowed).all()),
         "opset": OPSET,
-        "onnxruntime_providers": providers(),
+        "onnxruntime_providers": predictor.providers,
     }
 
 

@@ -76,11 +76,16 @@ def load(model: str, version: str, settings: Settings, device: str) -> Served:
     chosen = client.get_model_version(spec.registered_name, version)
     dataset_version, manifest = training_manifest(chosen, spec.dataset, settings.data_store)
     scoring = Scoring.of(
-        spec.registered_name, version, manifest, settings.mlflow_tracking_uri, settings.inference_runtime
+        spec.registered_name,
+        version,
+        manifest,
+        settings.mlflow_tracking_uri,
+        settings.inference_runtime,
+        settings.onnx_providers,
     )
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     row_shape = signature_row_shape(scoring.model_uri)
-    predict = load_predictor(scoring, threads=1, device=device, onnx_providers=settings.onnx_providers or None)
+    predict = load_predictor(scoring, threads=1, device=device)
     predict(np.zeros((1, *row_shape), np.float32))  # the first call pays one-off costs, not a user's request
     return Served(scoring, predict, row_shape, dataset_version, time.time())
 
@@ -101,11 +106,7 @@ class ModelServer:
         self.device = "cuda" if settings.serve_replica_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.served: Served | None = None
         self.last_error: str | None = None
-        try:  # the replica takes traffic once it has its champion, or knows why it has none
-            self.refresh()
-        except Exception as error:  # answered as 503 with the reason; the poller keeps trying
-            self.last_error = f"could not load the champion: {type(error).__name__}: {error}"
-            logger.exception("%s: %s", self.name, self.last_error)
+        self._refresh_or_say_why()  # the replica takes traffic once it has its champion, or knows why not
         self.stopping = threading.Event()
         self.poller = threading.Thread(target=self._poll, name="champion-poller", daemon=True)
         self.poller.start()
@@ -123,13 +124,18 @@ class ModelServer:
         before, self.served, self.last_error = self.served, served, None
         logger.info("%s: serving v%s (was %s)", self.name, version, before.version if before else "none")
 
+    def _refresh_or_say_why(self) -> None:
+        """``refresh``; a version that fails to load leaves the loaded one (if any) serving, and the
+        reason in ``last_error`` (503's message before any version loaded; ``/version`` after)."""
+        try:
+            self.refresh()
+        except Exception as error:
+            self.last_error = f"could not load the champion: {type(error).__name__}: {error}"
+            logger.exception("%s: %s", self.name, self.last_error)
+
     def _poll(self) -> None:
         while not self.stopping.wait(self.settings.serve_poll_seconds):
-            try:
-                self.refresh()
-            except Exception as error:  # keep serving the loaded version; say why the new one is not
-                self.last_error = f"could not load the new champion: {type(error).__name__}: {error}"
-                logger.exception("%s: %s", self.name, self.last_error)
+            self._refresh_or_say_why()
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose poller died would serve a stale version forever."""
