@@ -227,14 +227,16 @@ def _ensure_databases(base_url: str) -> None:
     import psycopg2
     from psycopg2 import sql
 
-    with psycopg2.connect(f"{base_url}/postgres") as conn:
-        conn.autocommit = True
+    conn = psycopg2.connect(f"{base_url}/postgres")
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
         with conn.cursor() as cursor:
             for name in POSTGRES_DATABASES:
                 cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                 if cursor.fetchone() is None:
                     cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conn.close()
+    finally:
+        conn.close()
 
 
 def _database_urls(layout: Layout, config: PlatformSettings, settings: Settings) -> tuple[str | None, str]:

@@ -80,3 +80,30 @@ def test_flows_started_from_the_checkout_report_to_the_servers(platform):
     env = {k: v for k, v in platform.env.items() if k not in {"PREFECT_API_URL", "SKYTRAIN_MLFLOW_TRACKING_URI"}}
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     assert out.stdout.split() == [f"{platform.prefect_url}/api", platform.mlflow_url], out.stderr
+
+
+def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform, tmp_path):
+    import psycopg2
+
+    from tests.running_platform import RunningPlatform
+
+    pg = RunningPlatform.start(tmp_path / "state", SKYTRAIN_DB="postgres")
+    try:
+        pids = pg.pids()
+        assert set(pids) == {"postgres", "prefect", "mlflow", "worker"}
+        experiment = mlflow.MlflowClient(tracking_uri=pg.mlflow_url).create_experiment("kept-in-postgres")
+        url = f"postgresql://skytrain@127.0.0.1:{pg.env['SKYTRAIN_POSTGRES_PORT']}"
+        with psycopg2.connect(f"{url}/prefect") as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT name FROM deployment")
+            assert {row[0] for row in cursor.fetchall()} == set(DEPLOYMENTS)
+        with psycopg2.connect(f"{url}/mlflow") as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT experiment_id FROM experiments WHERE name = 'kept-in-postgres'")
+            assert [str(row[0]) for row in cursor.fetchall()] == [experiment]
+    finally:
+        stopped = pg.stop()
+    assert all(f"{name}: stopped (pid {pid})" in stopped for name, pid in pids.items()), stopped
+    assert all(cmdline(pid) is None for pid in pids.values())
+    assert "running" not in pg.command("status")
+    assert not (pg.state_dir / "platform" / "env").exists()
+    # The other platform, not started by this one's `up`, still runs.
+    assert all(cmdline(pid) is not None for pid in platform.pids().values())
