@@ -48,6 +48,11 @@ class Settings(BaseSettings):
 
     mlflow_experiment: str = "skytrain"
 
+    mlflow_ui_url: str | None = None
+    """Base URL of the MLflow UI, for links to runs and model versions (Prefect artifacts); default:
+    the tracking URI when it is a server (``http(s)://``), else ``http://127.0.0.1:5000``
+    (what ``make ui`` and ``make up`` serve)."""
+
     ray_address: str | None = None
     """Address of a running Ray cluster; empty starts a local one with ``ray.init()``."""
 
@@ -133,6 +138,10 @@ class Settings(BaseSettings):
             self.data_store = self.state_dir / "datasets"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        if self.mlflow_ui_url is None:
+            served = self.mlflow_tracking_uri.startswith(("http://", "https://"))
+            self.mlflow_ui_url = self.mlflow_tracking_uri if served else "http://127.0.0.1:5000"
+        self.mlflow_ui_url = self.mlflow_ui_url.rstrip("/")
         if self.mlflow_artifact_root is None:
             self.mlflow_artifact_root = (self.state_dir / "mlartifacts").as_uri()
         if self.ray_storage_path is None:
