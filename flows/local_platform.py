@@ -21,6 +21,7 @@ and prints the URLs. A service already running is left as it is, so ``up`` twice
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -254,12 +255,12 @@ def _database_urls(layout: Layout, config: PlatformSettings, settings: Settings)
 
 def _ensure_server(
     layout: Layout, name: str, cmd: list[str], env: dict, health: str, config: PlatformSettings, marker: str
-) -> str:
-    """Start server ``name`` unless it already runs; wait for ``health``. Says what it did."""
+) -> tuple[str, subprocess.Popen | None]:
+    """Start server ``name`` unless it already runs (the caller waits for ``health``): what it did, and
+    the process it started."""
     port = int(health.split(":")[2].split("/")[0])
     if record := running(layout, name):
-        _wait_healthy(layout, name, health, config.startup_timeout)
-        return f"{name}: already running (pid {record['pid']})"
+        return f"{name}: already running (pid {record['pid']})", None
     if not _port_free(config.host, port):
         raise PlatformError(
             f"{name}: port {port} on {config.host} is taken by a process make up did not start "
@@ -267,8 +268,15 @@ def _ensure_server(
         )
     url = health.removesuffix("/health").removesuffix("/api")
     record = _start(layout, name, cmd, env, marker=marker, url=url)
-    _wait_healthy(layout, name, health, config.startup_timeout, record["process"])
-    return f"{name}: started (pid {record['pid']})"
+    return f"{name}: started (pid {record['pid']})", record["process"]
+
+
+def _deployed_fingerprint(api_url: str) -> str:
+    """What the deployments were made from: prefect.yaml and the flows' code (their parameter schemas)."""
+    digest = hashlib.sha256(api_url.encode())
+    for path in [PROJECT_DIR / "prefect.yaml", *sorted((PROJECT_DIR / "flows").rglob("*.py"))]:
+        digest.update(str(path.relative_to(PROJECT_DIR)).encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _prefect(env: dict[str, str], *args: str) -> None:
@@ -294,23 +302,35 @@ def up(config: PlatformSettings | None = None, settings: Settings | None = None,
     env["PREFECT_UI_API_URL"] = clients["PREFECT_API_URL"]
     python, host = sys.executable, config.host
     prefect_cmd = [python, "-m", "prefect", "server", "start", "--host", host, "--port", str(config.prefect_port)]
-    say(
+    servers = [
         _ensure_server(
             layout, "prefect", prefect_cmd, env, f"{clients['PREFECT_API_URL']}/health", config, "prefect server start"
         )
-    )
+    ]
     artifacts = (settings.state_dir / "mlartifacts").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     mlflow_cmd = [python, "-m", "mlflow", "server", "--host", host, "--port", str(config.mlflow_port)]
     mlflow_cmd += ["--workers", "1", "--backend-store-uri", mlflow_store, "--default-artifact-root", str(artifacts)]
     mlflow_url = clients["SKYTRAIN_MLFLOW_TRACKING_URI"]
-    say(_ensure_server(layout, "mlflow", mlflow_cmd, env, f"{mlflow_url}/health", config, "mlflow server"))
+    servers.append(_ensure_server(layout, "mlflow", mlflow_cmd, env, f"{mlflow_url}/health", config, "mlflow server"))
+    # Both start at once; then each must answer.
+    for (said, process), name, health in zip(
+        servers, ("prefect", "mlflow"), (f"{clients['PREFECT_API_URL']}/health", f"{mlflow_url}/health")
+    ):
+        _wait_healthy(layout, name, health, config.startup_timeout, process)
+        say(said)
 
     worker_env = {**env, **clients}
     worker_env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # a client: it talks to the API
-    _prefect(worker_env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-    _prefect(worker_env, "--no-prompt", "deploy", "--all")
-    say(f"deployments: prefect.yaml deployed to work pool {WORK_POOL}")
+    fingerprint, deployed = _deployed_fingerprint(clients["PREFECT_API_URL"]), layout.root / "deployed.sha256"
+    prefect_started = servers[0][1] is not None
+    if prefect_started or not deployed.is_file() or deployed.read_text() != fingerprint:
+        _prefect(worker_env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+        _prefect(worker_env, "--no-prompt", "deploy", "--all")
+        deployed.write_text(fingerprint)
+        say(f"deployments: prefect.yaml deployed to work pool {WORK_POOL}")
+    else:
+        say("deployments: up to date (prefect.yaml and flows/ unchanged since the last deploy)")
     if record := running(layout, "worker"):
         say(f"worker: already running (pid {record['pid']})")
     else:

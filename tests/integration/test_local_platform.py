@@ -34,7 +34,7 @@ def test_up_twice_is_safe_and_status_says_what_runs(platform):
     assert set(before) == {"prefect", "mlflow", "worker"}
     again = platform.command("up")
     assert "prefect: already running" in again and "mlflow: already running" in again
-    assert "worker: already running" in again
+    assert "worker: already running" in again and "deployments: up to date" in again
     assert platform.pids() == before
     status = platform.command("status")
     for name, pid in before.items():
