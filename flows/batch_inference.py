@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import mlflow
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
-from flows.registry import CHAMPION
-from flows.train import ModelName
+from flows.operations import io_task
+from flows.parameters import ModelName, RegisteredVersion, described
+from flows.registry import CHAMPION, REGISTRY_TIMEOUT_SECONDS
 from ray_jobs import batch_predict
 from ray_jobs.cluster import ray_session
 from ray_jobs.inference import Scoring, resolve_version, training_manifest
@@ -27,6 +29,52 @@ from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 
 DEFAULT_BATCH_SIZE = 512
+# Scoring and writing one input, start to end: long enough for tens of millions of rows here; it
+# stops a run that hangs (e.g. Ray Data waiting for CPUs that never free up) instead of waiting forever.
+SCORING_TIMEOUT_SECONDS = 6 * 3600
+
+ModelToScore = Annotated[ModelName, Field(description="The model whose champion (or version) scores the input.")]
+InputPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Parquet file or folder, local or s3://; for mnist-cnn also an MNIST IDX image file (.gz too).",
+    ),
+]
+OutputPath = Annotated[
+    str | None,
+    Field(
+        description="Folder (local or s3://, absent or empty) for predictions.parquet and rejected.parquet; "
+        "empty: <state dir>/predictions/<model>/<timestamp>-v<version>."
+    ),
+]
+ScoreVersion = Annotated[
+    RegisteredVersion | None,
+    Field(description="Registered version to score with; empty: the version champion points at when the run starts."),
+]
+BatchSize = Annotated[int, Field(ge=1, le=1_000_000, description="Rows that go through the model at a time.")]
+Concurrency = Annotated[
+    int | None, Field(ge=1, le=1024, description="Scoring actors; empty: one per CPU of the Ray cluster.")
+]
+
+
+@io_task("resolve-model-version", timeout_seconds=REGISTRY_TIMEOUT_SECONDS)
+def resolve_model(tracking_uri: str, name: str, version: str | None, dataset: str, data_store: Any):
+    """The version to score with (as of now), the dataset version it was trained on and its manifest."""
+    chosen = resolve_version(mlflow.MlflowClient(tracking_uri), name, version)
+    dataset_version, manifest = training_manifest(chosen, dataset, data_store)
+    return chosen, dataset_version, manifest
+
+
+# Retried once, on a transient error only (the input is re-read, nothing was published): bad input
+# (BadInputError), a non-empty destination or an unknown version fail at once.
+@io_task("score-and-write-predictions", timeout_seconds=SCORING_TIMEOUT_SECONDS, retries=1)
+def score_and_write(
+    input_path: str, output: str, scoring: Scoring, batch_size: int, concurrency: int | None, settings: Settings
+) -> dict[str, Any]:
+    return batch_predict.predict(
+        input_path, output, scoring, batch_size=batch_size, concurrency=concurrency, settings=settings
+    )
 
 
 def default_output(settings: Settings, model: str, version: str) -> str:
@@ -62,13 +110,14 @@ def report(summary: dict[str, Any]) -> str:
 
 
 @flow(name="batch-inference", log_prints=True)
+@described
 def batch_inference(
-    model: ModelName,
-    input_path: str,
-    output_path: str | None = None,
-    version: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    concurrency: int | None = None,
+    model: ModelToScore,
+    input_path: InputPath,
+    output_path: OutputPath = None,
+    version: ScoreVersion = None,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    concurrency: Concurrency = None,
 ) -> dict[str, Any]:
     """Score ``input_path`` (Parquet file or folder, local or ``s3://``; for the CNN also an IDX
     image file) with ``model``'s champion, or its ``version``; returns the run's summary.
@@ -81,8 +130,9 @@ def batch_inference(
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    chosen = resolve_version(mlflow.MlflowClient(), spec.registered_name, version)
-    dataset_version, manifest = training_manifest(chosen, spec.dataset, settings.data_store)
+    chosen, dataset_version, manifest = resolve_model(
+        settings.mlflow_tracking_uri, spec.registered_name, version, spec.dataset, settings.data_store
+    )
     scoring = Scoring.of(
         spec.registered_name,
         chosen.version,
@@ -94,9 +144,7 @@ def batch_inference(
     output = output_path or default_output(settings, model, scoring.model_version)
     logger.info("%s: scoring %s with %s into %s", model, input_path, scoring.model_uri, output)
     with ray_session(settings.ray_address):
-        result = batch_predict.predict(
-            input_path, output, scoring, batch_size=batch_size, concurrency=concurrency, settings=settings
-        )
+        result = score_and_write(input_path, output, scoring, batch_size, concurrency, settings)
     summary = {
         "model": model,
         "registered_model": spec.registered_name,

@@ -13,17 +13,26 @@ model runs at a time (``flows/registry.py``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import mlflow
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from flows.datasets.store import version_dir
+from flows.parameters import Floor, Margin, ModelName, RegisteredVersion, described
 from flows.policy import PromotionPolicy, policy_for
-from flows.registry import CHALLENGER, current_champion, move_champion, promotion_lock
-from flows.train import ModelName
+from flows.registry import (
+    CHALLENGER,
+    move_champion_task,
+    promotion_lock,
+    read_champion,
+    read_version,
+    set_alias,
+    tag_version,
+)
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.evaluate import predict_in_batches, score
 from ray_jobs.models import spec_for
@@ -113,27 +122,32 @@ def _failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.passed]
 
 
+ModelToGate = Annotated[ModelName, Field(description="The model whose registered version is gated.")]
+Challenger = Annotated[RegisteredVersion, Field(description="The registered version to gate (the challenger).")]
+
+
 @flow(name="promote", log_prints=True)
-def promote(model: ModelName, version: str, margin: float | None = None, floor: float | None = None) -> dict:
+@described
+def promote(model: ModelToGate, version: Challenger, margin: Margin = None, floor: Floor = None) -> dict:
     """Gate registered ``version`` of ``model`` against the champion; move ``champion`` if it wins.
 
     ``margin`` and ``floor`` override the model's promotion policy (``SKYTRAIN_PROMOTION``) for this run.
     """
     settings, logger = Settings(), get_run_logger()
     policy = policy_for(model, settings, margin=margin, floor=floor)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
     spec = spec_for(model)
     name = spec.registered_name
-    candidate = client.get_model_version(name, version)
+    candidate = read_version(uri, name, version)
     dataset_version = candidate.tags.get("skytrain.dataset_version")
     if not dataset_version:
         raise ValueError(f"{name} version {version} has no 'skytrain.dataset_version' tag: not a skytrain model")
     dataset_dir = str(version_dir(settings.data_store, spec.dataset, dataset_version))
 
     with promotion_lock(model, settings):
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        champion = current_champion(client, name)
+        set_alias(uri, name, CHALLENGER, version)
+        champion = read_champion(uri, name)
         checks, challenger_score = check_and_score(name, version, dataset_dir, policy)
         champion_score, champion_trained_on = None, None
         if failed := _failed(checks):
@@ -143,7 +157,7 @@ def promote(model: ModelName, version: str, margin: float | None = None, floor: 
         else:
             champion_problem = None
             if champion is not None:
-                champion_trained_on = client.get_model_version(name, champion).tags.get("skytrain.dataset_version")
+                champion_trained_on = read_version(uri, name, champion).tags.get("skytrain.dataset_version")
                 champion_checks, champion_score = check_and_score(name, champion, dataset_dir, policy)
                 if champion_score is None:  # a champion that cannot score the new version cannot keep its place
                     champion_problem = "; ".join(f"{c.name}: {c.detail}" for c in _failed(champion_checks))
@@ -153,7 +167,7 @@ def promote(model: ModelName, version: str, margin: float | None = None, floor: 
                 else decide(policy, challenger_score, champion_score)
             )
         if decision.promote:
-            move_champion(client, name, champion, version)
+            move_champion_task(uri, name, champion, version)
 
     record = {
         "model": name,
@@ -170,12 +184,12 @@ def promote(model: ModelName, version: str, margin: float | None = None, floor: 
         **asdict(decision),
     }
     record["champion_version"] = version if decision.promote else champion
-    _record(client, model, record)
+    _record(uri, model, record)
     logger.info("%s version %s %s: %s", name, version, "promoted" if decision.promote else "rejected", decision.reason)
     return record
 
 
-def _record(client: mlflow.MlflowClient, model: str, record: dict) -> None:
+def _record(tracking_uri: str, model: str, record: dict) -> None:
     """The decision on the version (tags, description) and as the ``gate-<model>`` Prefect artifact."""
     name, version = record["model"], record["challenger_version"]
     verdict = "promoted" if record["promote"] else "rejected"
@@ -191,9 +205,7 @@ def _record(client: mlflow.MlflowClient, model: str, record: dict) -> None:
         "skytrain.gate.scored_on": record["dataset_version"],
         "skytrain.gate.reason": record["reason"],
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=f"Gate: {verdict}. {record['reason']}")
+    tag_version(tracking_uri, name, version, tags, description=f"Gate: {verdict}. {record['reason']}")
     create_markdown_artifact(
         key=f"gate-{model}",
         markdown=_gate_markdown(record),

@@ -2,23 +2,48 @@
 
 data prep (one flow per dataset) → training on Ray Train → promotion gate → smoke inference on
 ``models:/<name>@champion`` → a summary table (Prefect artifact and log).
+
+Each step runs inside ``flows.operations.step``: a failure ends the run in a Failed state whose
+message is one line, ``<step> failed: <error type>: <message>`` (e.g. ``train mnist-cnn failed:
+ValueError: ...``), and publishes the ``retrain-failure`` artifact; calling the flow raises
+``StepFailed`` with the original error chained. The artifacts of a run are listed in
+``flows/reporting.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from typing import Any
+from contextlib import ExitStack
+from typing import Annotated, Any
 
 import mlflow
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.states import Failed
+from pydantic import Field
 
+from flows import reporting
 from flows.data_prep import prepare_diamonds, prepare_mnist
+from flows.operations import StepFailed, io_task, step
+from flows.parameters import (
+    ALL_MODELS,
+    Epochs,
+    HyperparametersPerModel,
+    LimitRows,
+    Margin,
+    ModelName,
+    Models,
+    NumWorkers,
+    RayAddress,
+    Seed,
+    UseGpu,
+    described,
+    overrides_by_model,
+)
 from flows.promote import promote
 from flows.registry import CHAMPION
-from flows.train import ModelName, train
+from flows.train import train
 from ray_jobs import tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split
@@ -27,11 +52,17 @@ from ray_jobs.settings import Settings
 from ray_jobs.train import resolve_hparams
 
 PREPARE = {"mnist": prepare_mnist, "diamonds": prepare_diamonds}
-DEFAULT_MODELS: list[ModelName] = ["mnist-cnn", "diamonds-regressor"]
+DEFAULT_MODELS: list[ModelName] = ALL_MODELS
+SMOKE_TIMEOUT_SECONDS = 600
 LOGGER = logging.getLogger(__name__)
 
+Tuned = Annotated[
+    bool,
+    Field(description="Start each model from the best configuration of its latest tune search (hparams override it)."),
+]
 
-@task
+
+@io_task("smoke-inference", timeout_seconds=SMOKE_TIMEOUT_SECONDS)
 def smoke_inference(model: ModelName, dataset_dir: str, rows: int = 5) -> dict:
     """Load the champion as inference will and predict a few test rows."""
     spec = spec_for(model)
@@ -57,53 +88,95 @@ def starting_hparams(
 
 
 @flow(name="retrain", log_prints=True)
+@described
 def retrain(
-    models: list[ModelName] = DEFAULT_MODELS,
-    epochs: int | None = None,
-    num_workers: int = 2,
-    use_gpu: bool | None = None,
-    margin: float | None = None,
-    seed: int = 42,
-    limit_rows: int | None = None,
-    hparams: dict[ModelName, dict[str, Any]] | None = None,
-    tuned: bool = False,
+    models: Models = DEFAULT_MODELS,
+    epochs: Epochs = None,
+    num_workers: NumWorkers = 2,
+    use_gpu: UseGpu = None,
+    margin: Margin = None,
+    seed: Seed = 42,
+    limit_rows: LimitRows = None,
+    hparams: HyperparametersPerModel = None,
+    tuned: Tuned = False,
+    ray_address: RayAddress = None,
 ) -> list[dict]:
     """Prepare data, train, gate and smoke-test each model; returns one summary row per model.
 
-    ``epochs`` overrides every model's default; ``limit_rows`` caps each dataset split (quick runs);
-    ``hparams`` maps a model to overrides of its other hyperparameters (see the ``train`` flow);
-    ``tuned`` starts from the best configuration of the model's latest ``tune`` search (``hparams``
-    still override it).
+    A failed step ends the run Failed with the one-line message ``<step> failed: <error>``.
     """
     settings, logger = Settings(), get_run_logger()
-    specs = {m: spec_for(m) for m in dict.fromkeys(models)}
-    hparams = starting_hparams(list(specs), hparams, tuned, settings, logger)
-    for m, spec in specs.items():  # refuse bad hyperparameters before any work starts
-        resolve_hparams(spec, hparams[m], epochs)
-    datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
+    try:
+        return _pipeline(
+            models, epochs, num_workers, use_gpu, margin, seed, limit_rows, hparams, tuned, ray_address, settings
+        )
+    except StepFailed as failure:
+        error = failure.error
+        logger.error("%s", failure, exc_info=(type(error), error, error.__traceback__))
+        try:
+            reporting.publish_failure(failure)
+        except Exception:  # the failure itself is what the run must report
+            logger.warning("could not publish the retrain-failure artifact", exc_info=True)
+        # The run's final state message is exactly this line; callers get ``failure`` raised.
+        return Failed(message=str(failure), data=failure)
 
-    # One Ray connection for all trainings, unless they go to a cluster as Ray jobs.
-    with nullcontext() if settings.ray_jobs_address else ray_session(settings.ray_address):
-        trained = {
-            m: train(
-                model=m,
-                dataset_version=datasets[spec.dataset]["version"],
-                epochs=epochs,
-                num_workers=num_workers,
-                use_gpu=use_gpu,
-                seed=seed,
-                hparams=hparams[m],
-            )
-            for m, spec in specs.items()
-        }
+
+def _pipeline(
+    models: list[ModelName],
+    epochs: int | None,
+    num_workers: int,
+    use_gpu: bool | None,
+    margin: float | None,
+    seed: int,
+    limit_rows: int | None,
+    hparams: Any,
+    tuned: bool,
+    ray_address: str | None,
+    settings: Settings,
+) -> list[dict]:
+    logger = get_run_logger()
+    specs = {m: spec_for(m) for m in dict.fromkeys(models)}
+    with step("check hyperparameters"):  # refuse bad hyperparameters before any work starts
+        chosen = starting_hparams(list(specs), overrides_by_model(hparams), tuned, settings, logger)
+        for m, spec in specs.items():
+            resolve_hparams(spec, chosen[m], epochs)
+
+    datasets: dict[str, dict] = {}
+    for spec in specs.values():
+        if spec.dataset not in datasets:
+            with step(f"prepare {spec.dataset}"):
+                datasets[spec.dataset] = PREPARE[spec.dataset](seed=seed, limit_rows=limit_rows)
+    with step("publish artifacts"):
+        reporting.publish_datasets(datasets)
+
+    trained: dict[str, dict] = {}
+    with ExitStack() as stack:
+        if not settings.ray_jobs_address:  # one Ray connection for all trainings, unless they are Ray jobs
+            with step("connect to ray"):
+                stack.enter_context(ray_session(ray_address or settings.ray_address))
+        for m, spec in specs.items():
+            with step(f"train {m}"):
+                trained[m] = train(
+                    model=m,
+                    dataset_version=datasets[spec.dataset]["version"],
+                    epochs=epochs,
+                    num_workers=num_workers,
+                    use_gpu=use_gpu,
+                    seed=seed,
+                    hparams=chosen[m],
+                    ray_address=ray_address,
+                )
+    with step("publish artifacts"):
+        urls = reporting.publish_training(trained, settings)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    summary = []
+    summary, gates = [], {}
     for m, spec in specs.items():
-        result = trained[m]
-        gate = promote(model=m, version=result["version"], margin=margin)
-        dataset = datasets[spec.dataset]
-        smoke = smoke_inference(m, dataset["path"])
+        result, dataset = trained[m], datasets[spec.dataset]
+        with step(f"promote {m}"):
+            gates[m] = gate = promote(model=m, version=result["version"], margin=margin)
+        with step(f"smoke inference {m}"):
+            smoke = smoke_inference(m, dataset["path"])
         logger.info(
             "%s champion v%s on test rows: predicted %s, expected %s",
             m,
@@ -123,7 +196,11 @@ def retrain(
                 "champion": gate["champion_version"],
             }
         )
-    create_table_artifact(key="retrain-summary", table=summary, description="Retrain: datasets, runs, metrics, gate")
+    with step("publish artifacts"):
+        reporting.publish_gates(gates, urls)
+        create_table_artifact(
+            key="retrain-summary", table=summary, description="Retrain: datasets, runs, metrics, gate"
+        )
     print(format_table(summary))
     return summary
 

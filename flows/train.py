@@ -2,32 +2,72 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated
 
 from prefect import flow, get_run_logger
+from pydantic import Field
 
 from flows.datasets.store import existing_version, latest_version
+from flows.parameters import (
+    Epochs,
+    ModelHyperparameters,
+    ModelName,
+    NumWorkers,
+    RayAddress,
+    Seed,
+    UseGpu,
+    described,
+    overrides_of,
+)
 from flows.ray_job import run_training_job, training_entrypoint
 from ray_jobs.cluster import ray_session
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 from ray_jobs.train import resolve_hparams, run_training
 
-ModelName = Literal["mnist-cnn", "diamonds-regressor"]
+ModelToTrain = Annotated[ModelName, Field(description="The model to train.")]
+DatasetVersion = Annotated[
+    str | None,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Dataset version id (a folder under the data store); empty: the latest version.",
+    ),
+]
+JobsAddress = Annotated[
+    str | None,
+    Field(
+        description="Ray Jobs API of a cluster (http://<head>:8265): train there as a Ray job; "
+        "empty: SKYTRAIN_RAY_JOBS_ADDRESS, else in this process."
+    ),
+]
+RunName = Annotated[
+    str | None,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=200,
+        description="MLflow run and Ray Train folder name; reusing the name of a crashed training resumes it.",
+    ),
+]
+CompileModel = Annotated[
+    bool | None,
+    Field(description="Train a torch.compile-d model (pays off on GPUs); empty: SKYTRAIN_TORCH_COMPILE."),
+]
 
 
 @flow(name="train", log_prints=True)
+@described
 def train(
-    model: ModelName = "mnist-cnn",
-    dataset_version: str | None = None,
-    epochs: int | None = None,
-    num_workers: int = 2,
-    use_gpu: bool | None = None,
-    seed: int = 42,
-    hparams: dict[str, Any] | None = None,
-    jobs_address: str | None = None,
-    run_name: str | None = None,
-    compile_model: bool | None = None,
+    model: ModelToTrain = "mnist-cnn",
+    dataset_version: DatasetVersion = None,
+    epochs: Epochs = None,
+    num_workers: NumWorkers = 2,
+    use_gpu: UseGpu = None,
+    seed: Seed = 42,
+    hparams: ModelHyperparameters = None,
+    jobs_address: JobsAddress = None,
+    run_name: RunName = None,
+    compile_model: CompileModel = None,
+    ray_address: RayAddress = None,
 ) -> dict:
     """Train ``model`` with Ray Train on a dataset version (default: the latest one).
 
@@ -40,10 +80,11 @@ def train(
 
     Where it runs: with ``jobs_address`` (default ``SKYTRAIN_RAY_JOBS_ADDRESS``), the Ray Jobs API
     of a cluster (its dashboard, ``http://<head>:8265``) runs it as a job; otherwise in this
-    process on the Ray at ``SKYTRAIN_RAY_ADDRESS``, or on a local Ray it starts.
+    process on the Ray at ``ray_address`` (default ``SKYTRAIN_RAY_ADDRESS``), or on a local Ray it starts.
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)
+    hparams = overrides_of(hparams)
     version = dataset_version or latest_version(settings.data_store, spec.dataset)
     dataset_dir = existing_version(settings.data_store, spec.dataset, version)
     if dataset_dir is None:
@@ -64,7 +105,7 @@ def train(
         )
         result = run_training_job(jobs_address, entrypoint, settings, logger)
     else:
-        with ray_session(settings.ray_address):
+        with ray_session(ray_address or settings.ray_address):
             result = run_training(
                 model,
                 dataset_dir,

@@ -30,6 +30,12 @@ def read_verified(path: Path, expected_sha256: str) -> tuple[bytes, str]:
     require(path.is_file(), path, "file", "exists", "no such file")
     raw = path.read_bytes()
     actual = hashlib.sha256(raw).hexdigest()
+    check_sha256(path, actual, expected_sha256)
+    return raw, actual
+
+
+def check_sha256(path: Path, actual: str, expected_sha256: str) -> None:
+    """Refuse a file whose content is not the expected one (``DataValidationError``)."""
     require(
         actual == expected_sha256,
         path,
@@ -37,7 +43,6 @@ def read_verified(path: Path, expected_sha256: str) -> tuple[bytes, str]:
         "matches the expected sha256 (SKYTRAIN_MNIST_SHA256)",
         f"expected {expected_sha256}, got {actual}; a pickle of unknown content is never loaded",
     )
-    return raw, actual
 
 
 def parse(raw: bytes, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

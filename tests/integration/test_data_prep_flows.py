@@ -7,9 +7,11 @@ import hashlib
 
 import pandas as pd
 import pytest
+from prefect.exceptions import ParameterTypeError
 
 from flows.data_prep import prepare_diamonds, prepare_mnist
 from flows.datasets.validation import DataValidationError
+from flows.operations import StepFailed
 from flows.retrain import retrain
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.settings import MNIST_BUNDLED_SHA256, Settings
@@ -106,9 +108,11 @@ def _missing_column(tmp_path, monkeypatch):
 )
 def test_bad_input_stops_retrain_before_anything_is_written(state_dir, tmp_path, monkeypatch, model, break_input):
     path, field, rule = break_input(tmp_path, monkeypatch)
-    with pytest.raises(DataValidationError) as err:
+    with pytest.raises(StepFailed) as err:  # the step, then the data rule's own message
         retrain(models=[model], epochs=1, limit_rows=100)
-    message = str(err.value)
+    assert isinstance(err.value.__cause__, DataValidationError)
+    assert str(err.value).startswith(f"prepare {'mnist' if model == 'mnist-cnn' else 'diamonds'} failed: ")
+    message = str(err.value.__cause__)
     assert str(path) in message and f"field '{field}'" in message and rule in message
     datasets = state_dir / "datasets"
     assert not datasets.exists() or not any(datasets.rglob("*")), "no dataset version may be left behind"
@@ -117,6 +121,6 @@ def test_bad_input_stops_retrain_before_anything_is_written(state_dir, tmp_path,
 
 
 def test_bad_hyperparameters_stop_retrain_before_data_prep(state_dir):
-    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['widht'\]"):
+    with pytest.raises(ParameterTypeError, match=r"unknown hyperparameter\(s\) \['widht'\]"):
         retrain(models=["mnist-cnn"], hparams={"mnist-cnn": {"widht": 8}})
     assert not (state_dir / "datasets").exists()

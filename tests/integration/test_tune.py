@@ -7,6 +7,7 @@ import json
 import mlflow
 import pytest
 
+from flows.operations import StepFailed
 from flows.retrain import retrain, starting_hparams
 from flows.tune import tune
 from ray_jobs.models import SPECS
@@ -16,7 +17,7 @@ MODEL, LIMIT_ROWS, MAX_EPOCHS = "diamonds-regressor", 3000, 2
 
 
 def test_retrain_from_a_search_that_never_ran_is_refused(prefect_api, state_dir):
-    with pytest.raises(ValueError, match="no finished tune search"):
+    with pytest.raises(StepFailed, match="no finished tune search"):
         retrain(models=[MODEL], tuned=True, limit_rows=LIMIT_ROWS)
     assert not (state_dir / "datasets").exists()  # refused before any work
 
