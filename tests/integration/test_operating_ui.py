@@ -77,6 +77,18 @@ def test_prefect_ui_lists_the_retrain_deployment_with_its_schedule(platform, pag
     screenshot(page, "prefect-deployments")
 
 
+def test_prefect_ui_renders_the_retrain_run_form_from_the_typed_parameters(platform, page):
+    from playwright.sync_api import expect
+
+    deployment = platform.deployment("retrain", "retrain")
+    page.goto(f"{platform.prefect_url}/deployments/deployment/{deployment['id']}/run")
+    for field, description in deployment["parameter_openapi_schema"]["properties"].items():
+        expect(page.get_by_text(f"{field} (Optional)", exact=True)).to_be_visible()
+        expect(page.get_by_text(description["description"], exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Submit")).to_be_visible()
+    screenshot(page, "prefect-retrain-run-form")
+
+
 def test_prefect_ui_shows_the_finished_run_and_its_artifacts(platform, finished_retrain, page):
     from playwright.sync_api import expect
 
