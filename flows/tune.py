@@ -6,30 +6,44 @@ is recorded on the parent, and ``retrain(tuned=True)`` trains with it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from pydantic import Field
 
+from flows.parameters import (
+    Epochs,
+    HyperparametersPerModel,
+    LimitRows,
+    Models,
+    NumWorkers,
+    Seed,
+    UseGpu,
+    described,
+    overrides_by_model,
+)
 from flows.retrain import DEFAULT_MODELS, PREPARE, format_table
-from flows.train import ModelName
 from ray_jobs.cluster import ray_session
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 from ray_jobs.train import resolve_hparams
 from ray_jobs.tune import run_search
 
+NumSamples = Annotated[int, Field(ge=1, le=1000, description="Trials per model.")]
+
 
 @flow(name="tune", log_prints=True)
+@described
 def tune(
-    models: list[ModelName] = DEFAULT_MODELS,
-    num_samples: int = 4,
-    max_epochs: int | None = None,
-    num_workers: int = 1,
-    use_gpu: bool | None = None,
-    seed: int = 42,
-    limit_rows: int | None = None,
-    hparams: dict[ModelName, dict[str, Any]] | None = None,
+    models: Models = DEFAULT_MODELS,
+    num_samples: NumSamples = 4,
+    max_epochs: Epochs = None,
+    num_workers: NumWorkers = 1,
+    use_gpu: UseGpu = None,
+    seed: Seed = 42,
+    limit_rows: LimitRows = None,
+    hparams: HyperparametersPerModel = None,
 ) -> list[dict]:
     """Search learning rate, batch size and width for each model with ASHA; returns each search.
 
@@ -40,6 +54,7 @@ def tune(
     """
     settings, logger = Settings(), get_run_logger()
     specs = {m: spec_for(m) for m in dict.fromkeys(models)}
+    hparams = overrides_by_model(hparams)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     for m, spec in specs.items():  # refuse bad values before any work starts

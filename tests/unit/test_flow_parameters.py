@@ -26,6 +26,7 @@ from flows.reporting import model_version_url, run_url
 from flows.retrain import retrain
 from flows.rollback import rollback
 from flows.train import train
+from flows.tune import tune
 from ray_jobs.models import SPECS
 from ray_jobs.settings import Settings
 
@@ -38,6 +39,7 @@ FLOWS = {
     "promote": promote,
     "rollback": rollback,
     "batch-inference": batch_inference,
+    "tune": tune,
 }
 
 
@@ -55,6 +57,7 @@ def test_flow_names_and_entrypoints_stay_as_deployed():
         "promote": "promote",
         "rollback": "rollback",
         "batch-inference": "batch_inference",
+        "tune": "tune",
     }
     assert all(f.name == name for name, f in FLOWS.items())
 
@@ -145,6 +148,7 @@ def test_hyperparameter_forms_cover_every_hyperparameter_training_accepts():
         (batch_inference, {"model": "mnist-cnn", "input_path": "x", "batch_size": 0}, "batch_size", ">= 1"),
         (prepare_data, {"datasets": ["cifar"]}, "datasets.0", "'mnist' or 'diamonds'"),
         (prepare_diamonds, {"val_fraction": 1.0}, "val_fraction", "less than 1"),
+        (tune, {"num_samples": 0}, "num_samples", "greater than or equal to 1"),
     ],
 )
 def test_bad_values_are_refused_naming_the_parameter_and_the_rule(flow, parameters, named, rule):
