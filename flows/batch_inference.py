@@ -45,7 +45,7 @@ OutputPath = Annotated[
     str | None,
     Field(
         description="Folder (local or s3://, absent or empty) for predictions.parquet and rejected.parquet; "
-        "empty: <state dir>/predictions/<model>/<timestamp>-v<version>."
+        "empty: STATE_DIR/predictions/MODEL/TIMESTAMP-vVERSION."
     ),
 ]
 ScoreVersion = Annotated[

@@ -61,7 +61,7 @@ UseGpu = Annotated[
 RayAddress = Annotated[
     str | None,
     Field(
-        description="Ray cluster to train on, e.g. ray://<head>:10001 or <head>:6379; "
+        description="Ray cluster to train on, e.g. ray://HEAD:10001 or HEAD:6379; "
         "empty: SKYTRAIN_RAY_ADDRESS, else a local Ray started for the run."
     ),
 ]

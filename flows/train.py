@@ -36,7 +36,7 @@ DatasetVersion = Annotated[
 JobsAddress = Annotated[
     str | None,
     Field(
-        description="Ray Jobs API of a cluster (http://<head>:8265): train there as a Ray job; "
+        description="Ray Jobs API of a cluster (http://HEAD:8265): train there as a Ray job; "
         "empty: SKYTRAIN_RAY_JOBS_ADDRESS, else in this process."
     ),
 ]

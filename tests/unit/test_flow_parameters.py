@@ -8,6 +8,7 @@ Prefect's own JSON-schema ``validate`` is what the server applies to a deploymen
 from __future__ import annotations
 
 import errno
+import re
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -68,6 +69,8 @@ def test_every_parameter_has_a_type_and_a_description(name):
     assert properties
     for parameter, spec in properties.items():
         assert spec.get("description"), f"{name}.{parameter} has no description"
+        # The UI renders descriptions as Markdown: a <placeholder> would vanish as an HTML tag.
+        assert not re.search(r"<[^>]*>", spec["description"]), f"{name}.{parameter}: <...> in its description"
         assert "type" in spec or "anyOf" in spec or "$ref" in spec, f"{name}.{parameter} has no type"
 
 
