@@ -202,6 +202,12 @@ def _start_local_postgres(layout: Layout, config: PlatformSettings) -> str:
     log.touch()
     if os.geteuid() == 0:  # the cluster's files belong to the user that runs it
         subprocess.run(["chown", "-R", "postgres:postgres", str(layout.postgres_dir), str(log)], check=True)
+        if subprocess.run(_as_postgres_user(["test", "-w", str(layout.postgres_dir)])).returncode != 0:
+            raise PlatformError(
+                f"PostgreSQL runs as the postgres user here (initdb refuses root), who cannot reach "
+                f"{layout.postgres_dir}: make its parent folders traversable (chmod o+x), or set "
+                "SKYTRAIN_POSTGRES_URL to a server of your own"
+            )
     if not (data / "PG_VERSION").is_file():
         cmd = [_pg_binary("initdb"), "-D", str(data), "-U", "skytrain", "-A", "trust", "-E", "UTF8"]
         _run(_as_postgres_user(cmd), "initdb", log)

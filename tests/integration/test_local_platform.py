@@ -4,9 +4,12 @@ the ``skytrain-local`` work pool, ``prefect.yaml``'s deployments and a worker, o
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 
@@ -24,7 +27,8 @@ def test_up_prints_the_urls_and_deploys_every_flow(platform):
         deployment = platform.deployment(name, name)
         assert deployment["work_pool_name"] == "skytrain-local"
     retrain = platform.deployment("retrain", "retrain")
-    assert retrain["concurrency_limit"] == 1
+    limit = retrain["global_concurrency_limit"]  # how Prefect 3 keeps a deployment's concurrency_limit
+    assert limit["limit"] == 1 and limit["active"]
     (schedule,) = retrain["schedules"]
     assert schedule["active"] and schedule["schedule"] == {"cron": "0 3 * * *", "timezone": "UTC", "day_or": True}
 
@@ -82,12 +86,16 @@ def test_flows_started_from_the_checkout_report_to_the_servers(platform):
     assert out.stdout.split() == [f"{platform.prefect_url}/api", platform.mlflow_url], out.stderr
 
 
-def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform, tmp_path):
+def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform):
     import psycopg2
 
     from tests.running_platform import RunningPlatform
 
-    pg = RunningPlatform.start(tmp_path / "state", SKYTRAIN_DB="postgres")
+    # Under root the cluster runs as the postgres user, who must reach the state directory:
+    # pytest's own temporary folders are private (0700), so this one is made apart.
+    state = Path(tempfile.mkdtemp(prefix="skytrain-pg-"))
+    state.chmod(0o755)
+    pg = RunningPlatform.start(state / "state", SKYTRAIN_DB="postgres")
     try:
         pids = pg.pids()
         assert set(pids) == {"postgres", "prefect", "mlflow", "worker"}
@@ -107,3 +115,4 @@ def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exact
     assert not (pg.state_dir / "platform" / "env").exists()
     # The other platform, not started by this one's `up`, still runs.
     assert all(cmdline(pid) is not None for pid in platform.pids().values())
+    shutil.rmtree(state, ignore_errors=True)
