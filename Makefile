@@ -48,10 +48,10 @@ up: setup
 	$(PY) -m flows.local_platform up
 
 down:
-	@test -x $(PY) && $(PY) -m flows.local_platform down || echo "no virtualenv: nothing was started"
+	@if [ -x $(PY) ]; then $(PY) -m flows.local_platform down; else echo "no virtualenv: nothing was started"; fi
 
 status:
-	@test -x $(PY) && $(PY) -m flows.local_platform status || echo "no virtualenv: nothing runs"
+	@if [ -x $(PY) ]; then $(PY) -m flows.local_platform status; else echo "no virtualenv: nothing runs"; fi
 
 lint: setup
 	$(PY) -m ruff check flows ray_jobs tests benchmarks
