@@ -132,25 +132,40 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+_PLATFORMS = None  # tests.running_platform.PlatformsInBackground, when platform tests were collected
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on a ``make up`` platform run last, and the platforms start now, in the background."""
+    global _PLATFORMS
+    on_platform = [item for item in items if "platform" in getattr(item, "fixturenames", ())]
+    if on_platform and not config.option.collectonly:
+        from tests.running_platform import PlatformsInBackground
+
+        chosen = {id(item) for item in on_platform}
+        items[:] = [item for item in items if id(item) not in chosen] + on_platform
+        _PLATFORMS = PlatformsInBackground()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _PLATFORMS is not None:
+        _PLATFORMS.stop_all()
+
+
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory):
+def platform():
     """``make up`` on SQLite in a state directory of its own (free ports); ``down`` after the session."""
-    from tests.running_platform import RunningPlatform
-
-    running = RunningPlatform.start(tmp_path_factory.mktemp("platform") / "state")
-    yield running
-    running.stop()
+    return _PLATFORMS.get("sqlite")
 
 
-# What the retrain run of the platform tests asks for: the small regressor model, on a small
-# slice of its data, so the worker's run (Ray start-up included) takes about a minute.
-RETRAIN_PARAMETERS = {"models": ["diamonds-regressor"], "epochs": 2, "num_workers": 1, "limit_rows": 3000}
+@pytest.fixture(scope="session")
+def postgres_platform(platform):
+    """``SKYTRAIN_DB=postgres make up`` beside ``platform``; its test runs ``down`` itself."""
+    return _PLATFORMS.get("postgres")
 
 
 @pytest.fixture(scope="session")
 def finished_retrain(platform) -> dict:
-    """A ``retrain`` run created through the Prefect API (as the UI's Run form does), run by the
-    platform's worker to its end; its flow run as the API returns it."""
-    response = platform.create_run("retrain", "retrain", RETRAIN_PARAMETERS)
-    assert response.status_code == 201, response.text
-    return platform.wait_for_run(response.json()["id"], timeout=480)
+    """The ``retrain`` run created through the Prefect API (as the UI's Run form does) right after
+    ``up``, run by the platform's worker to its end; its flow run as the API returns it."""
+    return platform.wait_for_run(_PLATFORMS.retrain_run_id, timeout=600)

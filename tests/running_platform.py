@@ -42,6 +42,7 @@ class RunningPlatform:
             "SKYTRAIN_POSTGRES_PORT": str(postgres_port),
             # New deployments get their scheduled runs on the scheduler's next loop (60 s by default).
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker looks for new runs every 2 s (default 10)
             **env,
         }
         platform = cls(state_dir, full_env, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
@@ -112,3 +113,54 @@ class RunningPlatform:
             path.stem: json.loads(path.read_text())["pid"]
             for path in (self.state_dir / "platform" / "pids").glob("*.json")
         }
+
+
+# What the retrain run of the platform tests asks for: the small regressor model, on a small
+# slice of its data, so the worker's run (Ray start-up included) takes about a minute.
+RETRAIN_PARAMETERS = {"models": ["diamonds-regressor"], "epochs": 2, "num_workers": 1, "limit_rows": 3000}
+
+
+class PlatformsInBackground:
+    """The platforms of the session's platform tests, started in a thread while other tests run.
+
+    Bringing a platform up (servers, migrations, deploy) and the worker's ``retrain`` run take
+    about three minutes of mostly waiting; the platform tests are moved to the end of the session
+    (``tests/conftest.py``) and find everything ready. In order: the SQLite platform, its retrain
+    run created through the API (as the UI's Run form does), then the PostgreSQL platform.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+        import threading
+
+        self.root = Path(tempfile.mkdtemp(prefix="skytrain-platforms-"))
+        self.root.chmod(0o755)  # as root, PostgreSQL runs as the postgres user, who must reach it
+        self.started: dict[str, RunningPlatform] = {}
+        self.retrain_run_id: str | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="platforms", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.started["sqlite"] = sqlite = RunningPlatform.start(self.root / "sqlite")
+            response = sqlite.create_run("retrain", "retrain", RETRAIN_PARAMETERS)
+            assert response.status_code == 201, response.text
+            self.retrain_run_id = response.json()["id"]
+            self.started["postgres"] = RunningPlatform.start(self.root / "postgres", SKYTRAIN_DB="postgres")
+        except BaseException as error:  # handed to the test that needs it
+            self.error = error
+
+    def get(self, kind: str) -> RunningPlatform:
+        self._thread.join(timeout=900)
+        if kind not in self.started:
+            raise RuntimeError(f"the {kind} platform did not start") from self.error
+        return self.started[kind]
+
+    def stop_all(self) -> None:
+        import shutil
+
+        self._thread.join(timeout=900)
+        for running in self.started.values():
+            running.stop()  # `down` again after a test's own `down` finds nothing to stop
+        shutil.rmtree(self.root, ignore_errors=True)

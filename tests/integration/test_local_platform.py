@@ -4,19 +4,15 @@ the ``skytrain-local`` work pool, ``prefect.yaml``'s deployments and a worker, o
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 
 from flows.platform_state import cmdline
 from ray_jobs.models import spec_for
-from tests.conftest import RETRAIN_PARAMETERS
-from tests.running_platform import PROJECT_DIR
+from tests.running_platform import PROJECT_DIR, RETRAIN_PARAMETERS
 
 DEPLOYMENTS = ["retrain", "prepare-data", "train", "promote", "rollback", "batch-inference", "tune"]
 
@@ -86,16 +82,10 @@ def test_flows_started_from_the_checkout_report_to_the_servers(platform):
     assert out.stdout.split() == [f"{platform.prefect_url}/api", platform.mlflow_url], out.stderr
 
 
-def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform):
+def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform, postgres_platform):
     import psycopg2
 
-    from tests.running_platform import RunningPlatform
-
-    # Under root the cluster runs as the postgres user, who must reach the state directory:
-    # pytest's own temporary folders are private (0700), so this one is made apart.
-    state = Path(tempfile.mkdtemp(prefix="skytrain-pg-"))
-    state.chmod(0o755)
-    pg = RunningPlatform.start(state / "state", SKYTRAIN_DB="postgres")
+    pg = postgres_platform
     try:
         pids = pg.pids()
         assert set(pids) == {"postgres", "prefect", "mlflow", "worker"}
@@ -115,4 +105,3 @@ def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exact
     assert not (pg.state_dir / "platform" / "env").exists()
     # The other platform, not started by this one's `up`, still runs.
     assert all(cmdline(pid) is not None for pid in platform.pids().values())
-    shutil.rmtree(state, ignore_errors=True)
