@@ -135,15 +135,33 @@ def keep_torch_threads():
 _PLATFORMS = None  # tests.running_platform.PlatformsInBackground, when platform tests were collected
 
 
+# Modules that keep the CPUs mostly free (no Ray Train fit): they run first, while the platforms
+# start in the background, so that start-up slows them rather than the trainings.
+LIGHT_FIRST = (
+    "tests/unit/",
+    "tests/test_project.py",
+    "tests/integration/test_data_prep_flows.py",
+    "tests/integration/test_flow_operations.py",
+    "tests/integration/test_promotion.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests on a ``make up`` platform run last, and the platforms start now, in the background."""
     global _PLATFORMS
-    on_platform = [item for item in items if "platform" in getattr(item, "fixturenames", ())]
-    if on_platform and not config.option.collectonly:
+    on_platform = {id(item) for item in items if "platform" in getattr(item, "fixturenames", ())}
+    if not on_platform:
+        return
+
+    def order(item) -> int:
+        if id(item) in on_platform:
+            return 2
+        return 0 if item.nodeid.startswith(LIGHT_FIRST) else 1
+
+    items.sort(key=order)  # stable: the collection order within each group
+    if not config.option.collectonly:
         from tests.running_platform import PlatformsInBackground
 
-        chosen = {id(item) for item in on_platform}
-        items[:] = [item for item in items if id(item) not in chosen] + on_platform
         _PLATFORMS = PlatformsInBackground()
 
 
