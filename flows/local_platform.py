@@ -318,6 +318,8 @@ def up(config: PlatformSettings | None = None, settings: Settings | None = None,
     mlflow_cmd = [python, "-m", "mlflow", "server", "--host", host, "--port", str(config.mlflow_port)]
     mlflow_cmd += ["--workers", "1", "--backend-store-uri", mlflow_store, "--default-artifact-root", str(artifacts)]
     mlflow_url = clients["SKYTRAIN_MLFLOW_TRACKING_URI"]
+    # MLflow's job runner (8 processes, for GenAI features skytrain does not use) stays off.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     servers.append(_ensure_server(layout, "mlflow", mlflow_cmd, env, f"{mlflow_url}/health", config, "mlflow server"))
     # Both start at once; then each must answer.
     for (said, process), name, health in zip(

@@ -135,34 +135,27 @@ def keep_torch_threads():
 _PLATFORMS = None  # tests.running_platform.PlatformsInBackground, when platform tests were collected
 
 
-# Modules that keep the CPUs mostly free (no Ray Train fit): they run first, while the platforms
-# start in the background, so that start-up slows them rather than the trainings.
-LIGHT_FIRST = (
-    "tests/unit/",
-    "tests/test_project.py",
-    "tests/integration/test_data_prep_flows.py",
-    "tests/integration/test_flow_operations.py",
-    "tests/integration/test_promotion.py",
-)
+def _on_platform(item) -> bool:
+    return "platform" in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests on a ``make up`` platform run last, and the platforms start now, in the background."""
     global _PLATFORMS
-    on_platform = {id(item) for item in items if "platform" in getattr(item, "fixturenames", ())}
+    on_platform = [item for item in items if _on_platform(item)]
     if not on_platform:
         return
-
-    def order(item) -> int:
-        if id(item) in on_platform:
-            return 2
-        return 0 if item.nodeid.startswith(LIGHT_FIRST) else 1
-
-    items.sort(key=order)  # stable: the collection order within each group
+    items[:] = [item for item in items if not _on_platform(item)] + on_platform
     if not config.option.collectonly:
         from tests.running_platform import PlatformsInBackground
 
         _PLATFORMS = PlatformsInBackground()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """The last test on a platform is done: stop the platforms now, not at the end of the session."""
+    if _PLATFORMS is not None and _on_platform(item) and (nextitem is None or not _on_platform(nextitem)):
+        _PLATFORMS.stop_all()
 
 
 def pytest_sessionfinish(session, exitstatus):

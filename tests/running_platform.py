@@ -163,4 +163,5 @@ class PlatformsInBackground:
         self._thread.join(timeout=900)
         for running in self.started.values():
             running.stop()  # `down` again after a test's own `down` finds nothing to stop
+        self.started.clear()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -129,3 +129,32 @@ def test_mlflow_ui_shows_the_registered_model_with_its_champion_alias(platform, 
     expect(page.get_by_text(f"Version {version.version}").first).to_be_visible()
     expect(page.get_by_text("champion").first).to_be_visible()
     screenshot(page, "mlflow-registered-model")
+
+
+def test_a_rollback_run_puts_the_previous_champion_back_and_both_uis_show_it(platform, champion, page):
+    from playwright.sync_api import expect
+
+    version, _ = champion
+    client = mlflow.MlflowClient(tracking_uri=platform.mlflow_url)
+    # A newer version that replaced it as champion, recorded as the gate records a promotion.
+    newer = client.create_model_version(
+        MODEL, version.source, run_id=version.run_id, model_id=version.source.removeprefix("models:/")
+    )
+    client.set_model_version_tag(MODEL, newer.version, "skytrain.gate.champion_version", version.version)
+    client.set_registered_model_alias(MODEL, "champion", newer.version)
+
+    parameters = {"model": "diamonds-regressor", "reason": "drift seen in production"}
+    response = platform.create_run("rollback", "rollback", parameters)
+    assert response.status_code == 201, response.text
+    run = platform.wait_for_run(response.json()["id"], timeout=300)
+    assert run["state"]["type"] == "COMPLETED", run["state"]["message"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == version.version
+
+    page.goto(f"{platform.prefect_url}/runs/flow-run/{run['id']}")
+    page.get_by_role("listitem").filter(has_text=re.compile(r"^Artifacts$")).click()
+    expect(page.get_by_text("rollback-diamonds-regressor").first).to_be_visible()
+    screenshot(page, "prefect-rollback-run")
+    page.goto(f"{platform.mlflow_url}/#/models/{MODEL}")
+    expect(page.get_by_text(f"Version {newer.version}").first).to_be_visible()
+    expect(page.get_by_text("champion").first).to_be_visible()
+    screenshot(page, "mlflow-after-rollback")
