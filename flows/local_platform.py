@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,20 +93,30 @@ def _start(layout: Layout, name: str, cmd: list[str], env: dict[str, str], marke
     return entry
 
 
-def _stop_group(pid: int, first: signal.Signals, grace: float) -> None:
-    """Signal the process group ``pid`` leads, wait up to ``grace`` seconds, then SIGKILL it."""
+def _stop(pid: int, first: signal.Signals, grace: float, group: bool = True) -> None:
+    """Signal ``pid`` (the process group it leads, or only itself), wait up to ``grace`` seconds
+    for it to be gone, then SIGKILL it."""
+    send = os.killpg if group else os.kill
+
+    def alive() -> bool:
+        if not group:
+            return cmdline(pid) is not None  # a zombie counts as gone
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     for sig, wait in ((first, grace), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(pid, sig)
+            send(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
             _reap(pid)
+            if not alive():
+                return
             time.sleep(0.2)
 
 
@@ -126,8 +137,6 @@ def _http_ok(url: str) -> bool:
 
 
 def _port_free(host: str, port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -365,29 +374,15 @@ def down(settings: Settings | None = None, say=print) -> list[str]:
         record = running(layout, name)
         if record is not None:
             if name == "postgres":  # the postmaster is not a session leader: signal the PID itself
-                _stop_pid(record["pid"], STOP_SIGNALS[name], grace=30.0)
+                _stop(record["pid"], STOP_SIGNALS[name], grace=30.0, group=False)
             else:
-                _stop_group(record["pid"], STOP_SIGNALS.get(name, signal.SIGTERM), grace=20.0)
+                _stop(record["pid"], STOP_SIGNALS.get(name, signal.SIGTERM), grace=20.0)
             say(f"{name}: stopped (pid {record['pid']})")
             stopped.append(name)
         layout.pid_file(name).unlink(missing_ok=True)
     if not stopped:
         say("nothing was running")
     return stopped
-
-
-def _stop_pid(pid: int, first: signal.Signals, grace: float) -> None:
-    for sig, wait in ((first, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and cmdline(pid) is not None:
-            _reap(pid)
-            time.sleep(0.2)
-        if cmdline(pid) is None:
-            return
 
 
 def status(settings: Settings | None = None, say=print) -> dict[str, dict | None]:
