@@ -48,12 +48,12 @@ from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
 
 def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
     if model == "mnist-cnn":
-        raw, _ = mnist.read_verified(settings.mnist_path(), settings.mnist_sha256)
+        raw, _ = mnist.read_verified(settings.mnist_location(), settings.mnist_sha256)
         val_size = 5000 if limit_rows is None else max(100, limit_rows // 10)
-        splits = mnist.parse(raw, settings.mnist_path())
+        splits = mnist.parse(raw, settings.mnist_location())
         tables, manifest = mnist.transform(splits, seed=0, val_size=val_size, limit_rows=limit_rows)
     else:
-        frame = diamonds.read_csv(settings.diamonds_path())
+        frame = diamonds.read_csv(settings.diamonds_location())
         frame = frame if limit_rows is None else frame.head(limit_rows)
         tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
     return write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest)

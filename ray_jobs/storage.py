@@ -1,9 +1,10 @@
 """Dataset locations: a local directory or ``s3://bucket/prefix`` on AWS or any S3-compatible store.
 
 One PyArrow filesystem serves the manifest, the Parquet splits and Ray Data's reads. The S3
-endpoint comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (e.g. MinIO, moto), the region
-from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; credentials from the standard AWS chain (environment,
-``~/.aws``, the instance profile of a cloud node).
+endpoint (MinIO, moto, any S3-compatible store) comes from ``SKYTRAIN_S3_ENDPOINT_URL``, else the
+standard ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; the region from ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``; credentials from the standard AWS chain (environment, ``~/.aws``, the
+instance profile of a cloud node).
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ def normalize(location: str | Path) -> str:
     return str(location).rstrip("/") if is_s3(location) else str(Path(location).resolve())
 
 
+ENDPOINT_VARIABLES = ("SKYTRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint to use; None: AWS's own."""
+    return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
+
+
+def s3_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint, region = s3_endpoint(), s3_region()
     # Explicit keys travel with the filesystem into Ray Data's read tasks, whose processes may not
     # have this environment (a local Ray started earlier); without keys each node uses its own chain.
     keys = {
@@ -52,6 +64,36 @@ def read_bytes(location: str | Path) -> bytes:
     filesystem, path = resolve(location)
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    filesystem, path = resolve(location)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def is_file(location: str | Path) -> bool:
+    filesystem, path = resolve(location)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def modified(location: str | Path) -> float:
+    """A file's modification time (seconds since the epoch; S3: when the object was written)."""
+    filesystem, path = resolve(location)
+    return filesystem.get_file_info(path).mtime.timestamp()
+
+
+def subfolders(location: str | Path) -> list[str]:
+    """The folders (S3: common prefixes) directly inside ``location``; none when it does not exist."""
+    filesystem, path = resolve(location)
+    found = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    prefix = S3 if is_s3(location) else ""
+    return [prefix + info.path for info in found if info.type == pafs.FileType.Directory]
+
+
+def delete_folder(location: str | Path) -> None:
+    filesystem, path = resolve(location)
+    filesystem.delete_dir(path)
 
 
 def join(location: str | Path, name: str) -> str:

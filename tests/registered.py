@@ -21,7 +21,7 @@ from ray_jobs.settings import Settings
 
 
 def small_diamonds(settings: Settings, rows: int = 3000, version: str = "small") -> Path:
-    frame = diamonds.read_csv(settings.diamonds_path()).sample(rows, random_state=0)
+    frame = diamonds.read_csv(settings.diamonds_location()).sample(rows, random_state=0)
     tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.2)
     return write_version(settings.data_store, "diamonds", version, tables, manifest)
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from flows.datasets import quality, sources
 from flows.datasets.validation import DataValidationError, require
 
 NAME = "mnist"
@@ -23,18 +24,18 @@ SIDE = 28
 PIXELS = SIDE * SIDE
 CLASSES = 10
 SOURCE_SPLITS = ("train", "valid", "test")
+PIXEL_NAMES = [f"pixel[{row},{col}]" for row in range(SIDE) for col in range(SIDE)]
 
 
-def read_verified(path: Path, expected_sha256: str) -> tuple[bytes, str]:
-    """Read the file once and check its sha256; only bytes that matched are ever unpickled."""
-    require(path.is_file(), path, "file", "exists", "no such file")
-    raw = path.read_bytes()
+def read_verified(location: Path | str, expected_sha256: str) -> tuple[bytes, str]:
+    """Read the file (local or ``s3://``) once and check its sha256; only bytes that matched are ever unpickled."""
+    raw = sources.read_bytes(str(location))
     actual = hashlib.sha256(raw).hexdigest()
-    check_sha256(path, actual, expected_sha256)
+    check_sha256(location, actual, expected_sha256)
     return raw, actual
 
 
-def check_sha256(path: Path, actual: str, expected_sha256: str) -> None:
+def check_sha256(path: Path | str, actual: str, expected_sha256: str) -> None:
     """Refuse a file whose content is not the expected one (``DataValidationError``)."""
     require(
         actual == expected_sha256,
@@ -45,7 +46,7 @@ def check_sha256(path: Path, actual: str, expected_sha256: str) -> None:
     )
 
 
-def parse(raw: bytes, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def parse(raw: bytes, path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Parse verified bytes (from ``read_verified``) into {split: (images, labels)}."""
     try:
         content = pickle.loads(gzip.decompress(raw), encoding="latin1")
@@ -70,49 +71,71 @@ def parse(raw: bytes, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return splits
 
 
-def validate(splits: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+def validate(splits: dict[str, tuple[np.ndarray, np.ndarray]], file: Path | str) -> quality.Report:
+    """The content rules of every split; raises ``DataValidationError`` at the first failed one."""
+    report = quality.Report(str(file))
     for name, (images, labels) in splits.items():
         field = f"{name}.images"
-        require(
+        report.check(
             images.ndim in (2, 3) and images.shape[1:] in ((PIXELS,), (SIDE, SIDE)),
-            path,
             field,
             f"shape (n, {SIDE}x{SIDE})",
-            f"found shape {images.shape}",
+            detail=f"found shape {images.shape}",
         )
-        require(
-            np.issubdtype(images.dtype, np.floating),
-            path,
-            field,
-            "float pixels",
-            f"dtype {images.dtype}",
-        )
+        report.check(np.issubdtype(images.dtype, np.floating), field, "float pixels", detail=f"dtype {images.dtype}")
+        report.raise_for_failures()  # the value rules below need the right shape and type
         bad = ~np.isfinite(images)
-        require(not bad.any(), path, field, "no NaN or infinite pixel", f"{int(bad.sum())} found")
-        lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
-        require(lo >= 0.0 and hi <= 1.0, path, field, "pixel values in [0, 1]", f"range [{lo}, {hi}]")
-        require(len(images) > 0, path, field, "at least one image")
-        require(
+        report.check(
+            not bad.any(), field, "no NaN or infinite pixel", count=int(bad.sum()), detail=f"{int(bad.sum())} found"
+        )
+        lo, hi = float(np.nanmin(images, initial=0.0)), float(np.nanmax(images, initial=0.0))
+        report.check(lo >= 0.0 and hi <= 1.0, field, "pixel values in [0, 1]", detail=f"range [{lo}, {hi}]")
+        report.check(len(images) > 0, field, "at least one image", count=len(images))
+        report.check(
             len(images) == len(labels),
-            path,
             f"{name}.labels",
             "one label per image",
-            f"{len(images)} images, {len(labels)} labels",
+            detail=f"{len(images)} images, {len(labels)} labels",
         )
-        require(
-            np.issubdtype(labels.dtype, np.integer),
-            path,
-            f"{name}.labels",
-            "integer labels",
-            f"dtype {labels.dtype}",
+        report.check(
+            np.issubdtype(labels.dtype, np.integer), f"{name}.labels", "integer labels", detail=f"dtype {labels.dtype}"
         )
-        require(
-            labels.min() >= 0 and labels.max() < CLASSES,
-            path,
+        report.raise_for_failures()
+        report.check(
+            labels.min(initial=0) >= 0 and labels.max(initial=0) < CLASSES,
             f"{name}.labels",
             f"labels in 0..{CLASSES - 1}",
-            f"range [{labels.min()}, {labels.max()}]",
+            detail=f"range [{labels.min(initial=0)}, {labels.max(initial=0)}]",
         )
+    report.raise_for_failures()
+    return report
+
+
+def official(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The pickle's (train, valid, test) as MNIST's official 60k train and 10k test sets."""
+    if "valid" not in splits:
+        return splits
+    return {
+        "train": (
+            np.concatenate([splits["train"][0], splits["valid"][0]]),
+            np.concatenate([splits["train"][1], splits["valid"][1]]),
+        ),
+        "test": splits["test"],
+    }
+
+
+def quality_checks(
+    report: quality.Report,
+    train: tuple[np.ndarray, np.ndarray],
+    *,
+    min_class_share: float,
+    max_duplicate_fraction: float,
+) -> None:
+    """Class balance and duplicate images of the official train set, into ``report``."""
+    images, labels = train
+    quality.class_balance(report, labels, CLASSES, min_class_share)
+    quality.duplicate_rows(report, images, labels, max_duplicate_fraction)
+    report.raise_for_failures()
 
 
 def _table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
@@ -131,9 +154,13 @@ def transform(
     val_size: int,
     limit_rows: int | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    """Carve val from the official train set, normalize with train statistics, build tables."""
-    train_x = np.concatenate([splits["train"][0], splits["valid"][0]]).reshape(-1, PIXELS)
-    train_y = np.concatenate([splits["train"][1], splits["valid"][1]])
+    """Carve val from the official train set, normalize with train statistics, build tables.
+
+    ``splits``: the official ``train`` and ``test`` sets (or the pickle's train, valid and test).
+    """
+    splits = official(splits)
+    train_x = splits["train"][0].reshape(-1, PIXELS)
+    train_y = splits["train"][1]
     if not 0 < val_size < len(train_x):
         raise ValueError(f"val_size must be in 1..{len(train_x) - 1}, got {val_size}")
     order = np.random.default_rng(seed).permutation(len(train_x))
@@ -145,6 +172,7 @@ def transform(
     }
     if limit_rows is not None:
         parts = {k: (x[:limit_rows], y[:limit_rows]) for k, (x, y) in parts.items()}
+    profile = quality.profile(parts["train"][0], parts["train"][1], PIXEL_NAMES, "classification")
     mean = float(parts["train"][0].mean(dtype=np.float64))
     std = float(parts["train"][0].std(dtype=np.float64))
     tables = {k: _table(((x - mean) / std).astype(np.float32), y) for k, (x, y) in parts.items()}
@@ -156,5 +184,6 @@ def transform(
         "classes": CLASSES,
         "normalization": {"mean": mean, "std": std, "input_scale": "pixel / 256 in [0, 1)"},
         "schema": {"image": f"fixed_size_list<float32>[{PIXELS}]", "label": "int64"},
+        "profile": profile,
     }
     return tables, manifest

@@ -1,8 +1,10 @@
-"""Immutable, content-addressed dataset versions on the local store.
+"""Immutable, content-addressed dataset versions in a store: a local folder or ``s3://bucket/prefix``.
 
-Layout: ``<store>/<dataset>/<version>/{train,val,test}.parquet`` plus ``manifest.json``.
-A version is written into a hidden temporary folder and renamed into place in one step, so a
-reader sees either a complete version or none; a folder without a manifest is not a version.
+Layout: ``<store>/<dataset>/<version>/{train,val,test}.parquet`` plus ``manifest.json``. The
+manifest is written last and only a folder with one is a version, so a reader never sees half a
+version. Locally the version is written into a hidden folder and renamed into place in one step;
+on S3 (which has no rename) the splits are uploaded first, then the manifest, and a failed upload
+removes what it wrote.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_jobs.dataset import MANIFEST
+from ray_jobs import storage
+from ray_jobs.dataset import MANIFEST, read_manifest
 
 
 def file_sha256(path: Path) -> str:
@@ -35,48 +38,104 @@ def version_id(source_sha256: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def version_dir(store: Path, dataset: str, version: str) -> Path:
-    return Path(store) / dataset / version
+def version_dir(store: str | Path, dataset: str, version: str) -> str:
+    return storage.join(storage.join(store, dataset), version)
 
 
-def existing_version(store: Path, dataset: str, version: str) -> Path | None:
-    path = version_dir(store, dataset, version)
-    return path if (path / MANIFEST).is_file() else None
+def existing_version(store: str | Path, dataset: str, version: str) -> str | None:
+    """The version's location when it is published (it has a manifest), else None."""
+    location = version_dir(store, dataset, version)
+    return location if storage.is_file(storage.join(location, MANIFEST)) else None
 
 
-def latest_version(store: Path, dataset: str) -> str:
+def versions(store: str | Path, dataset: str) -> list[str]:
+    """A dataset's published versions, oldest first (by when their manifests were written)."""
+    published = []
+    for folder in storage.subfolders(storage.join(store, dataset)):
+        manifest = storage.join(folder, MANIFEST)
+        if not folder.rsplit("/", 1)[-1].startswith(".") and storage.is_file(manifest):
+            published.append((storage.modified(manifest), folder.rsplit("/", 1)[-1]))
+    return [name for _, name in sorted(published)]
+
+
+def latest_version(store: str | Path, dataset: str) -> str:
     """The most recently written complete version of a dataset."""
-    root = Path(store) / dataset
-    versions = sorted(
-        (p for p in root.glob("*") if (p / MANIFEST).is_file()),
-        key=lambda p: (p / MANIFEST).stat().st_mtime,
-    )
-    if not versions:
-        raise FileNotFoundError(f"no version of dataset '{dataset}' in {root}: run data prep first")
-    return versions[-1].name
+    if not (found := versions(store, dataset)):
+        raise FileNotFoundError(
+            f"no version of dataset '{dataset}' in {storage.join(store, dataset)}: run data prep first"
+        )
+    return found[-1]
+
+
+def previous_manifest(store: str | Path, dataset: str, version: str) -> dict[str, Any] | None:
+    """The manifest of the latest published version other than ``version`` (what drift compares with)."""
+    others = [v for v in versions(store, dataset) if v != version]
+    return read_manifest(version_dir(store, dataset, others[-1])) if others else None
 
 
 def write_version(
-    store: Path, dataset: str, version: str, splits: dict[str, pa.Table], manifest: dict[str, Any]
-) -> Path:
-    """Write all splits and the manifest, then publish the version with one atomic rename."""
-    final = version_dir(store, dataset, version)
+    store: str | Path,
+    dataset: str,
+    version: str,
+    splits: dict[str, pa.Table],
+    manifest: dict[str, Any],
+    *,
+    replace: bool = False,
+) -> str:
+    """Write all splits, then the manifest: the version appears complete or not at all.
+
+    A version that exists already is kept (content-addressed: same inputs, same content), unless
+    ``replace`` (a forced rebuild) swaps the new one in.
+    """
+    manifest = {**manifest, "dataset": dataset, "version": version}
+    manifest["splits"] = {name: {"rows": table.num_rows} for name, table in splits.items()}
+    if storage.is_s3(store):
+        return _write_s3(version_dir(store, dataset, version), splits, manifest, replace)
+    return _write_local(Path(version_dir(store, dataset, version)), splits, manifest, replace)
+
+
+def _write_local(final: Path, splits: dict[str, pa.Table], manifest: dict[str, Any], replace: bool) -> str:
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         for name, table in splits.items():
             pq.write_table(table, staging / f"{name}.parquet")
-        manifest = {**manifest, "dataset": dataset, "version": version}
-        manifest["splits"] = {name: {"rows": table.num_rows} for name, table in splits.items()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if replace and final.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
+            os.rename(final, retired / final.name)  # the old one leaves, the new one arrives: two renames
+            os.rename(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
+            return str(final)
         try:
             os.rename(staging, final)
         except OSError:
-            if existing_version(store, dataset, version) is None:
+            if not (final / MANIFEST).is_file():
                 raise
             # Another writer published the same content-addressed version first: theirs stands.
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return final
+    return str(final)
+
+
+def _write_s3(location: str, splits: dict[str, pa.Table], manifest: dict[str, Any], replace: bool) -> str:
+    manifest_location = storage.join(location, MANIFEST)
+    if storage.is_file(manifest_location):
+        if not replace:
+            return location  # published already: the same content
+        filesystem, path = storage.resolve(manifest_location)
+        filesystem.delete_file(path)  # readers stop seeing the old version before its splits change
+    filesystem, _ = storage.resolve(location)
+    try:
+        for name, table in splits.items():
+            pq.write_table(table, storage.resolve(storage.join(location, f"{name}.parquet"))[1], filesystem=filesystem)
+        storage.write_bytes(manifest_location, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    except BaseException:
+        try:
+            storage.delete_folder(location)
+        except OSError:
+            pass  # nothing without a manifest is a version; the error that matters is the one above
+        raise
+    return location

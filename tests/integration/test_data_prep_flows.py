@@ -4,6 +4,7 @@ bad input stops the pipeline before anything is written."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -69,18 +70,18 @@ def _wrong_shape(tmp_path, monkeypatch):
 
 def _truncated(tmp_path, monkeypatch):
     path = tmp_path / "truncated.pkl.gz"
-    path.write_bytes(Settings().mnist_path().read_bytes()[: 1 << 20])
+    path.write_bytes(Path(Settings().mnist_location()).read_bytes()[: 1 << 20])
     _use_mnist(monkeypatch, path)
     return path, "file", "readable gzip-compressed pickle"
 
 
 def _wrong_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYTRAIN_MNIST_SHA256", "0" * 64)
-    return Settings().mnist_path(), "sha256", "matches the expected sha256"
+    return Settings().mnist_location(), "sha256", "matches the expected sha256"
 
 
 def _unknown_category(tmp_path, monkeypatch):
-    frame = pd.read_csv(Settings().diamonds_path()).head(500)
+    frame = pd.read_csv(Settings().diamonds_location()).head(500)
     frame.loc[42, "cut"] = "Superb"
     path = tmp_path / "diamonds.csv"
     frame.to_csv(path, index=False)
@@ -90,7 +91,7 @@ def _unknown_category(tmp_path, monkeypatch):
 
 def _missing_column(tmp_path, monkeypatch):
     path = tmp_path / "diamonds.csv"
-    pd.read_csv(Settings().diamonds_path()).head(500).drop(columns=["table"]).to_csv(path, index=False)
+    pd.read_csv(Settings().diamonds_location()).head(500).drop(columns=["table"]).to_csv(path, index=False)
     monkeypatch.setenv("SKYTRAIN_DIAMONDS_SOURCE", str(path))
     return path, "table", "column present"
 

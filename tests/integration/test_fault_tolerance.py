@@ -48,7 +48,7 @@ def _registered_checkpoints(run_dir: Path) -> int:
 
 def _prepare_diamonds(settings: Settings, rows: int | None = None):
     """All of diamonds (epochs long enough to kill a worker in one), or a sample of ``rows``."""
-    frame = diamonds.read_csv(settings.diamonds_path())
+    frame = diamonds.read_csv(settings.diamonds_location())
     if rows is not None:
         frame = frame.sample(rows, random_state=0)
     tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)

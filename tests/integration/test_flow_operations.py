@@ -107,7 +107,7 @@ def _failing_then(error: BaseException, result, calls: list):
 
 @flow
 def _hash(path: Path) -> str:
-    return flows.data_prep.hash_source.with_options(retry_delay_seconds=0)(path)
+    return flows.data_prep.hash_source.with_options(retry_delay_seconds=0)(str(path))
 
 
 @flow
@@ -119,12 +119,12 @@ def test_transient_io_errors_are_retried_bad_input_is_not(tmp_path, monkeypatch)
     source = tmp_path / "source.csv"
     source.write_text("a,b\n1,2\n")
     calls: list = []
-    monkeypatch.setattr(flows.data_prep, "file_sha256", _failing_then(OSError(errno.EIO, "I/O error"), "abc", calls))
+    monkeypatch.setattr(flows.data_prep.sources, "sha256", _failing_then(OSError(errno.EIO, "I/O error"), "abc", calls))
     assert _hash(source) == "abc" and len(calls) == 2  # retried once, then fine
 
     calls.clear()
     bad = DataValidationError(source, "file", "readable", "bad bytes")
-    monkeypatch.setattr(flows.data_prep, "file_sha256", _failing_then(bad, "abc", calls))
+    monkeypatch.setattr(flows.data_prep.sources, "sha256", _failing_then(bad, "abc", calls))
     with pytest.raises(DataValidationError, match="breaks rule 'readable'"):
         _hash(source)
     assert len(calls) == 1  # bad input: never retried

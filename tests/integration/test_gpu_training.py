@@ -22,8 +22,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("compile_model", [False, True], ids=["eager", "compiled"])
 def test_cnn_trains_on_gpu(local_ray, state_dir, compile_model):
     settings = Settings()
-    raw, _ = mnist.read_verified(settings.mnist_path(), settings.mnist_sha256)
-    tables, manifest = mnist.transform(mnist.parse(raw, settings.mnist_path()), seed=0, val_size=1000, limit_rows=5000)
+    raw, _ = mnist.read_verified(settings.mnist_location(), settings.mnist_sha256)
+    tables, manifest = mnist.transform(
+        mnist.parse(raw, settings.mnist_location()), seed=0, val_size=1000, limit_rows=5000
+    )
     dataset_dir = write_version(settings.data_store, "mnist", "gpu-test", tables, manifest)
     result = run_training("mnist-cnn", dataset_dir, epochs=2, num_workers=1, use_gpu=True, compile_model=compile_model)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)

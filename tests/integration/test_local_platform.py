@@ -14,7 +14,7 @@ from flows.platform_state import cmdline
 from ray_jobs.models import spec_for
 from tests.running_platform import PROJECT_DIR, RETRAIN_PARAMETERS
 
-DEPLOYMENTS = ["retrain", "prepare-data", "train", "promote", "rollback", "batch-inference", "tune"]
+DEPLOYMENTS = ["retrain", "prepare-data", "prepare-tabular", "train", "promote", "rollback", "batch-inference", "tune"]
 
 
 def test_up_prints_the_urls_and_deploys_every_flow(platform):

@@ -37,7 +37,7 @@ NAME = SPEC.registered_name
 
 
 def dataset_version(settings: Settings, version: str, rows: int, seed: int = 0) -> Path:
-    frame = diamonds.read_csv(settings.diamonds_path()).sample(rows, random_state=seed)
+    frame = diamonds.read_csv(settings.diamonds_location()).sample(rows, random_state=seed)
     tables, manifest = diamonds.transform(frame, seed=seed, val_fraction=0.1, test_fraction=0.2)
     return write_version(settings.data_store, SPEC.dataset, version, tables, manifest)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -78,7 +80,7 @@ def test_models_learned_something(first_run, client):
 def _register_untrained(key: str) -> str:
     """An untrained model, logged and registered exactly like a trained one."""
     spec, settings = SPECS[key], Settings()
-    dataset_dir = next((settings.data_store / spec.dataset).iterdir())
+    dataset_dir = next((Path(settings.data_store) / spec.dataset).iterdir())
     manifest = read_manifest(dataset_dir)
     features, _ = load_split(dataset_dir, "test", manifest)
     with mlflow.start_run(experiment_id=tracking.ensure_experiment(settings), run_name=f"untrained-{key}") as run:

@@ -1,50 +1,70 @@
-"""Training straight from a dataset version in S3 (moto's S3 server on 127.0.0.1) through Ray Data."""
+"""Dataset versions in an S3 store (moto's S3 server on 127.0.0.1): written with the manifest last,
+read back directly, never half-visible.
+
+Preparing a version in S3 and training on it through Ray Data: ``test_data_sources.py``."""
 
 from __future__ import annotations
 
-import shutil
+import time
 
 import boto3
-import mlflow
 import pytest
 
-from flows.datasets import diamonds
-from flows.datasets.store import write_version
+from flows.datasets import diamonds, store
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.settings import Settings
-from ray_jobs.train import run_training
 
 
 @pytest.fixture
-def s3_version(state_dir, s3_bucket) -> str:
-    """A small diamonds version, uploaded to the bucket and removed from the local disk."""
-    settings = Settings()
-    frame = diamonds.read_csv(settings.diamonds_path()).head(3000)
-    tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
-    local = write_version(settings.data_store, "diamonds", "s3-test", tables, manifest)
-    s3 = boto3.client("s3")
-    for path in local.iterdir():
-        s3.upload_file(str(path), s3_bucket, f"datasets/diamonds/s3-test/{path.name}")
-    shutil.rmtree(local)  # whatever the training reads, it reads from S3
-    return f"s3://{s3_bucket}/datasets/diamonds/s3-test"
+def tables():
+    frame = diamonds.read_csv(Settings().diamonds_location()).head(3000)
+    return diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
 
 
-def test_manifest_and_splits_read_from_s3(s3_version):
-    manifest = read_manifest(s3_version)
-    features, target = load_split(s3_version, "val", manifest)
+def _keys(bucket: str) -> list[str]:
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+def test_a_version_in_s3_is_read_back_directly(s3_bucket, tables):
+    location = store.write_version(f"s3://{s3_bucket}/datasets", "diamonds", "v1", *tables)
+    assert location == f"s3://{s3_bucket}/datasets/diamonds/v1"
+    manifest = read_manifest(location)
+    features, target = load_split(location, "val", manifest)
     assert features.shape == (manifest["splits"]["val"]["rows"], *manifest["feature_shape"])
     assert len(target) == len(features)
     with pytest.raises(FileNotFoundError, match="no manifest"):
-        read_manifest(s3_version + "-missing")
+        read_manifest(location + "-missing")
 
 
-def test_training_reads_its_dataset_version_from_s3(local_ray, s3_version):
-    result = run_training("diamonds-regressor", s3_version, epochs=2, num_workers=1)
-    client = mlflow.MlflowClient(Settings().mlflow_tracking_uri)
-    run = client.get_run(result["run_id"])
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["skytrain.dataset_path"] == s3_version
-    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [read_manifest(s3_version)["version"]]
-    assert sorted(m.step for m in client.get_metric_history(result["run_id"], "val_rmse")) == [1, 2]
-    assert result["metrics"]["test_r2"] > 0  # better than predicting the mean, after two epochs
-    assert client.get_model_version("skytrain-diamonds-regressor", result["version"]).run_id == result["run_id"]
+def test_s3_versions_are_listed_newest_last_and_never_overwritten(s3_bucket, tables):
+    root = f"s3://{s3_bucket}/datasets"
+    split_tables, manifest = tables
+    store.write_version(root, "diamonds", "old", split_tables, {**manifest, "note": "old"})
+    time.sleep(1.1)  # S3 keeps modification times to the second
+    store.write_version(root, "diamonds", "new", split_tables, {**manifest, "note": "first"})
+    store.write_version(root, "diamonds", "new", split_tables, {**manifest, "note": "second"})
+    assert store.versions(root, "diamonds") == ["old", "new"]
+    assert store.latest_version(root, "diamonds") == "new"
+    assert read_manifest(store.version_dir(root, "diamonds", "new"))["note"] == "first"  # content-addressed
+
+    store.write_version(root, "diamonds", "new", split_tables, {**manifest, "note": "forced"}, replace=True)
+    assert read_manifest(store.version_dir(root, "diamonds", "new"))["note"] == "forced"
+
+
+def test_a_failed_upload_leaves_no_version_and_no_objects(s3_bucket, tables, monkeypatch):
+    written = []
+
+    def fail_on_second(table, where, filesystem=None):
+        written.append(where)
+        if len(written) == 2:
+            raise OSError("connection reset")
+        real_write(table, where, filesystem=filesystem)
+
+    real_write = store.pq.write_table
+    monkeypatch.setattr(store.pq, "write_table", fail_on_second)
+    with pytest.raises(OSError, match="connection reset"):
+        store.write_version(f"s3://{s3_bucket}/datasets", "diamonds", "v1", *tables)
+    assert store.existing_version(f"s3://{s3_bucket}/datasets", "diamonds", "v1") is None
+    # The split uploaded before the failure was removed too (pyarrow may leave an empty folder marker).
+    assert [key for key in _keys(s3_bucket) if key.startswith("datasets/diamonds/v1")] == []

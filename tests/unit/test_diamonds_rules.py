@@ -110,7 +110,7 @@ def test_split_is_deterministic_by_seed():
 def test_bundled_csv_passes_every_rule():
     from ray_jobs.settings import Settings
 
-    path = Settings().diamonds_path()
+    path = Settings().diamonds_location()
     frame = diamonds.read_csv(path)
     diamonds.validate(frame, path)
     assert len(frame) == 53_940

@@ -18,7 +18,7 @@ from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 
 from flows.batch_inference import batch_inference
-from flows.data_prep import prepare_data, prepare_diamonds, prepare_mnist
+from flows.data_prep import prepare_data, prepare_diamonds, prepare_mnist, prepare_tabular
 from flows.datasets.validation import DataValidationError
 from flows.operations import StepFailed, is_transient, step
 from flows.parameters import HYPERPARAMETERS, overrides_by_model, overrides_of
@@ -36,6 +36,7 @@ FLOWS = {
     "prepare-data": prepare_data,
     "prepare-mnist": prepare_mnist,
     "prepare-diamonds": prepare_diamonds,
+    "prepare-tabular": prepare_tabular,
     "train": train,
     "promote": promote,
     "rollback": rollback,
@@ -54,6 +55,7 @@ def test_flow_names_and_entrypoints_stay_as_deployed():
         "prepare-data": "prepare_data",
         "prepare-mnist": "prepare_mnist",
         "prepare-diamonds": "prepare_diamonds",
+        "prepare-tabular": "prepare_tabular",
         "train": "train",
         "promote": "promote",
         "rollback": "rollback",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -32,8 +33,8 @@ def test_file_sha256_matches_hashlib(tmp_path):
 
 
 def test_write_publishes_a_complete_version(tmp_path):
-    path = store.write_version(tmp_path, "toy", "v1", _tables(), {"task": "regression"})
-    assert store.existing_version(tmp_path, "toy", "v1") == path
+    path = Path(store.write_version(tmp_path, "toy", "v1", _tables(), {"task": "regression"}))
+    assert store.existing_version(tmp_path, "toy", "v1") == str(path)
     manifest = read_manifest(path)
     assert manifest["version"] == "v1" and manifest["splits"]["val"] == {"rows": 2}
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "test.parquet", "train.parquet", "val.parquet"]
