@@ -24,7 +24,7 @@ from prefect.states import Failed
 from pydantic import Field
 
 from flows import reporting
-from flows.data_prep import prepare_diamonds, prepare_mnist
+from flows.data_prep import AllowDrift, prepare_diamonds, prepare_mnist
 from flows.operations import StepFailed, io_task, step
 from flows.parameters import (
     ALL_MODELS,
@@ -100,6 +100,7 @@ def retrain(
     hparams: HyperparametersPerModel = None,
     tuned: Tuned = False,
     ray_address: RayAddress = None,
+    allow_drift: AllowDrift = False,
 ) -> list[dict]:
     """Prepare data, train, gate and smoke-test each model; returns one summary row per model.
 
@@ -108,7 +109,18 @@ def retrain(
     settings, logger = Settings(), get_run_logger()
     try:
         return _pipeline(
-            models, epochs, num_workers, use_gpu, margin, seed, limit_rows, hparams, tuned, ray_address, settings
+            models,
+            epochs,
+            num_workers,
+            use_gpu,
+            margin,
+            seed,
+            limit_rows,
+            hparams,
+            tuned,
+            ray_address,
+            allow_drift,
+            settings,
         )
     except StepFailed as failure:
         error = failure.error
@@ -132,6 +144,7 @@ def _pipeline(
     hparams: Any,
     tuned: bool,
     ray_address: str | None,
+    allow_drift: bool,
     settings: Settings,
 ) -> list[dict]:
     logger = get_run_logger()
@@ -145,7 +158,8 @@ def _pipeline(
     for spec in specs.values():
         if spec.dataset not in datasets:
             with step(f"prepare {spec.dataset}"):
-                datasets[spec.dataset] = PREPARE[spec.dataset](seed=seed, limit_rows=limit_rows)
+                prepare = PREPARE[spec.dataset]
+                datasets[spec.dataset] = prepare(seed=seed, limit_rows=limit_rows, allow_drift=allow_drift)
     with step("publish artifacts"):
         reporting.publish_datasets(datasets)
 

@@ -112,6 +112,8 @@ def log_training_inputs(
             "skytrain.dataset": manifest["dataset"],
             "skytrain.dataset_version": manifest["version"],
             "skytrain.dataset_path": dataset_dir,
+            # The raw data the version was made from (a file, an IDX folder, an s3:// URI).
+            "skytrain.dataset_source": manifest.get("source", {}).get("path", ""),
         }
     )
     with warnings.catch_warnings():  # MLflow registers its local source class twice and warns about it
