@@ -220,15 +220,15 @@ def build_mnist_version(
         return reused
     settings = Settings()
     with _reported(mnist.NAME, version):
-        splits = _read_mnist_splits(source, kind, sha256)
-        report = mnist.validate(splits, source)
-        mnist.quality_checks(
-            report,
-            mnist.official(splits)["train"],
+        report, tables, manifest = mnist.prepare(
+            _read_mnist_splits(source, kind, sha256),
+            source,
+            seed=seed,
+            val_size=val_size,
+            limit_rows=limit_rows,
             min_class_share=settings.min_class_share,
             max_duplicate_fraction=settings.max_duplicate_fraction,
         )
-        tables, manifest = mnist.transform(splits, seed=seed, val_size=val_size, limit_rows=limit_rows)
         params = {"seed": seed, "val_size": val_size, "limit_rows": limit_rows}
         manifest |= _source_manifest(source, sha256, params, mnist.TRANSFORM, kind)
         return _finish(report, store, mnist.NAME, version, tables, manifest, allow_drift=allow_drift, replace=force)

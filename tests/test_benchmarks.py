@@ -35,3 +35,17 @@ def test_the_floor_runs_one_plain_loop_per_worker_at_once(state_dir):
     hp = resolve_hparams(spec_for("diamonds-regressor"), None, epochs=2)
     times = independent_shards("diamonds-regressor", dataset, hp, processes=2, cpus=2)
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_data_prep_quick_mode_reports_its_ratio(tmp_path, state_dir, prefect_api):
+    from benchmarks import data_prep
+
+    output = tmp_path / "data-prep.json"
+    data_prep.main(["--quick", "--output", str(output)])
+    report = json.loads(output.read_text())
+    assert report["quick"] is True
+    (row,) = report["results"]
+    assert row["source"] == "idx" and row["rows"] == 2500  # 1,500 train + 500 val + 500 test
+    plain, prep, flow = row["plain_pyarrow_write"], row["skytrain_prep"], row["prepare_mnist_flow"]
+    assert prep["ratio"] == prep["median_s"] / plain["median_s"] and prep["repeats"] == 1
+    assert flow["ratio"] == flow["median_s"] / plain["median_s"] and flow["median_s"] > 0

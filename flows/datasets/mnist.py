@@ -139,13 +139,28 @@ def quality_checks(
 
 
 def _table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
-    flat = pa.array(images.reshape(-1), type=pa.float32())
+    # From float32 without a type argument: Arrow wraps the buffer (with one, it copies it value by value).
+    flat = pa.array(np.ascontiguousarray(images, dtype=np.float32).reshape(-1))
     return pa.table(
         {
             "image": pa.FixedSizeListArray.from_arrays(flat, PIXELS),
             "label": pa.array(labels.astype(np.int64)),
         }
     )
+
+
+def _mean_std(pixels: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of every pixel value, in one pass (float64 sums)."""
+    flat = pixels.reshape(-1)
+    total, squares = flat.sum(dtype=np.float64), np.einsum("i,i->", flat, flat, dtype=np.float64)
+    mean = float(total / flat.size)
+    return mean, float(np.sqrt(max(float(squares) / flat.size - mean * mean, 0.0)))
+
+
+def _normalized(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    out = np.subtract(pixels, np.float32(mean), dtype=np.float32)
+    out *= np.float32(1.0 / std)
+    return out
 
 
 def transform(
@@ -173,9 +188,8 @@ def transform(
     if limit_rows is not None:
         parts = {k: (x[:limit_rows], y[:limit_rows]) for k, (x, y) in parts.items()}
     profile = quality.profile(parts["train"][0], parts["train"][1], PIXEL_NAMES, "classification")
-    mean = float(parts["train"][0].mean(dtype=np.float64))
-    std = float(parts["train"][0].std(dtype=np.float64))
-    tables = {k: _table(((x - mean) / std).astype(np.float32), y) for k, (x, y) in parts.items()}
+    mean, std = _mean_std(parts["train"][0])
+    tables = {k: _table(_normalized(x, mean, std), y) for k, (x, y) in parts.items()}
     manifest = {
         "task": "classification",
         "feature_columns": ["image"],
@@ -187,3 +201,25 @@ def transform(
         "profile": profile,
     }
     return tables, manifest
+
+
+def prepare(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    file: Path | str,
+    *,
+    seed: int,
+    val_size: int,
+    limit_rows: int | None,
+    min_class_share: float,
+    max_duplicate_fraction: float,
+) -> tuple[quality.Report, dict[str, pa.Table], dict[str, Any]]:
+    """Every rule, then the transform: the report (passed), the split tables and the manifest."""
+    report = validate(splits, file)
+    quality_checks(
+        report,
+        official(splits)["train"],
+        min_class_share=min_class_share,
+        max_duplicate_fraction=max_duplicate_fraction,
+    )
+    tables, manifest = transform(splits, seed=seed, val_size=val_size, limit_rows=limit_rows)
+    return report, tables, manifest

@@ -107,11 +107,27 @@ class Report:
         return "\n".join(lines)
 
 
+def duplicate_count(rows: np.ndarray) -> int:
+    """How many rows repeat an earlier identical row.
+
+    Rows are first grouped by two random projections (one matrix product instead of sorting whole
+    rows); only rows that share a projection are compared value by value.
+    """
+    flat = rows.reshape(len(rows), -1)
+    weights = np.random.default_rng(0).standard_normal((flat.shape[1], 2)).astype(flat.dtype, copy=False)
+    keys = flat @ weights if flat.dtype.kind == "f" else flat.astype(np.float64) @ weights
+    _, group, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    duplicates = 0
+    for candidate in np.flatnonzero(sizes > 1):
+        members = flat[group.reshape(-1) == candidate]
+        duplicates += len(members) - len(np.unique(members, axis=0))
+    return duplicates
+
+
 def duplicate_rows(report: Report, features: np.ndarray, target: np.ndarray, max_fraction: float) -> None:
     """Identical (features, target) rows: a warning, a failure above ``max_fraction`` of the rows."""
-    rows = np.ascontiguousarray(np.column_stack([features.reshape(len(features), -1), target.reshape(-1, 1)]))
-    unique = len(np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))))
-    duplicates = len(rows) - unique
+    rows = np.column_stack([features.reshape(len(features), -1), target.reshape(-1, 1).astype(features.dtype)])
+    duplicates = duplicate_count(rows)
     fraction = duplicates / max(len(rows), 1)
     if duplicates == 0:
         report.check(True, "rows", "no duplicate rows", count=0)
@@ -144,11 +160,13 @@ def profile(features: np.ndarray, target: np.ndarray, names: list[str], task: st
     """What the next version's drift checks compare with: per-feature mean/std, the label distribution
     (class shares, or the target's percentiles 0..100)."""
     flat = features.reshape(len(features), -1)
+    mean = flat.sum(axis=0, dtype=np.float64) / max(len(flat), 1)
+    squares = np.einsum("ij,ij->j", flat, flat, dtype=np.float64) / max(len(flat), 1)
     result: dict[str, Any] = {
         "rows": len(flat),
         "features": names,
-        "mean": flat.mean(axis=0, dtype=np.float64).round(6).tolist(),
-        "std": flat.std(axis=0, dtype=np.float64).round(6).tolist(),
+        "mean": mean.round(6).tolist(),
+        "std": np.sqrt(np.maximum(squares - mean**2, 0.0)).round(6).tolist(),
     }
     if task == "classification":
         counts = np.bincount(target.astype(np.int64))

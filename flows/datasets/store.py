@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,18 @@ def write_version(
     return _write_local(Path(version_dir(store, dataset, version)), splits, manifest, replace)
 
 
+def _write_splits(splits: dict[str, pa.Table], where, **options: Any) -> None:
+    """Each split to its Parquet file, the files at once (Arrow encodes without holding the GIL)."""
+    with ThreadPoolExecutor(max_workers=len(splits) or 1) as pool:
+        for done in [pool.submit(pq.write_table, table, where(name), **options) for name, table in splits.items()]:
+            done.result()
+
+
 def _write_local(final: Path, splits: dict[str, pa.Table], manifest: dict[str, Any], replace: bool) -> str:
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        for name, table in splits.items():
-            pq.write_table(table, staging / f"{name}.parquet")
+        _write_splits(splits, lambda name: staging / f"{name}.parquet")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if replace and final.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
@@ -129,8 +136,11 @@ def _write_s3(location: str, splits: dict[str, pa.Table], manifest: dict[str, An
         filesystem.delete_file(path)  # readers stop seeing the old version before its splits change
     filesystem, _ = storage.resolve(location)
     try:
-        for name, table in splits.items():
-            pq.write_table(table, storage.resolve(storage.join(location, f"{name}.parquet"))[1], filesystem=filesystem)
+        _write_splits(
+            splits,
+            lambda name: storage.resolve(storage.join(location, f"{name}.parquet"))[1],
+            filesystem=filesystem,
+        )
         storage.write_bytes(manifest_location, json.dumps(manifest, indent=2, sort_keys=True).encode())
     except BaseException:
         try:

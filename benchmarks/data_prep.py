@@ -1,0 +1,189 @@
+"""Data prep of full MNIST against writing the same arrays with plain pyarrow.
+
+skytrain's data prep of MNIST is: read the source, check every rule (shapes, values, labels,
+duplicates, class balance), profile the train split for drift checks, normalize and split, and
+write the version (three Parquet files and the manifest). The baseline is the floor any data prep
+pays: the resulting split tables written with plain ``pyarrow.parquet.write_table``, one after
+another, in the same run. Two sources: the bundled pickle, and the same images as the four
+standard IDX files. Also measured: the ``prepare-mnist`` flow end to end on a running Prefect API
+(hashing the source, tasks, artifacts), to show what orchestration adds. Medians over repeats.
+
+    python -m benchmarks.data_prep            # full MNIST (70,000 images), 3 repeats
+    python -m benchmarks.data_prep --quick    # 2,500 images from IDX, 1 repeat: keeps the code working
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+# Before skytrain is imported: a private state directory.
+if "SKYTRAIN_STATE_DIR" not in os.environ:
+    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+from flows.datasets import idx, mnist, quality  # noqa: E402
+from flows.datasets.store import write_version  # noqa: E402
+from ray_jobs.settings import Settings  # noqa: E402
+
+TARGET = 1.5  # data prep at most 1.5x the plain pyarrow write
+
+
+def write_idx_files(folder: Path, train_rows: int | None, test_rows: int | None) -> Path:
+    """The bundled MNIST as the four standard IDX files (pixels back to bytes), gzip-compressed."""
+    settings = Settings()
+    raw, _ = mnist.read_verified(settings.mnist_location(), settings.mnist_sha256)
+    splits = mnist.official(mnist.parse(raw, settings.mnist_location()))
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        images, labels = splits[split][0][:rows], splits[split][1][:rows]
+        images_name, labels_name = idx.MNIST_FILES[split]
+        (folder / images_name).write_bytes(idx.encode(np.rint(images.reshape(-1, 28, 28) * 256).astype(np.uint8)))
+        (folder / labels_name).write_bytes(idx.encode(labels.astype(np.uint8)))
+    return folder
+
+
+def read_source(kind: str, location: str) -> dict:
+    if kind == "pickle":
+        raw, _ = mnist.read_verified(location, Settings().mnist_sha256)
+        return mnist.parse(raw, location)
+    return idx.mnist_splits(lambda name: (Path(location) / name).read_bytes(), location)
+
+
+def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple[float, dict]:
+    """One data prep as ``build_mnist_version`` does it, without Prefect; seconds and the tables."""
+    settings = Settings()
+    started = time.perf_counter()
+    report_, tables, manifest = mnist.prepare(
+        read_source(kind, location),
+        location,
+        seed=42,
+        val_size=val_size,
+        limit_rows=None,
+        min_class_share=settings.min_class_share,
+        max_duplicate_fraction=settings.max_duplicate_fraction,
+    )
+    quality.drift(report_, None, manifest["profile"], quality.DriftThresholds(), previous_version=None)
+    report_.raise_for_failures()
+    manifest["validation"] = report_.to_dict()
+    write_version(store, mnist.NAME, "bench", tables, manifest)
+    return time.perf_counter() - started, tables
+
+
+def plain_write(tables: dict, folder: Path) -> float:
+    """The baseline: the same split tables, written with pyarrow's defaults, one after another."""
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    for name, table in tables.items():
+        pq.write_table(table, folder / f"{name}.parquet")
+    return time.perf_counter() - started
+
+
+def flow_prep(location: str, val_size: int) -> float:
+    from flows.data_prep import prepare_mnist
+
+    started = time.perf_counter()
+    prepare_mnist(source=location, val_size=val_size, force=True)
+    return time.perf_counter() - started
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def measure(kind: str, location: str, repeats: int, val_size: int, work: Path, with_flow: bool) -> dict:
+    prep, plain, flow = [], [], []
+    for repeat in range(repeats):
+        store = work / f"{kind}-store-{repeat}"
+        seconds, tables = skytrain_prep(kind, location, store, val_size)
+        prep.append(seconds)
+        plain.append(plain_write(tables, work / f"{kind}-plain-{repeat}"))
+        shutil.rmtree(store)
+        shutil.rmtree(work / f"{kind}-plain-{repeat}")
+        if with_flow:
+            flow.append(flow_prep(location, val_size))
+    row = {
+        "source": kind,
+        "rows": sum(t.num_rows for t in tables.values()),
+        "plain_pyarrow_write": summary(plain),
+        "skytrain_prep": summary(prep),
+    }
+    row["skytrain_prep"]["ratio"] = row["skytrain_prep"]["median_s"] / row["plain_pyarrow_write"]["median_s"]
+    if flow:
+        row["prepare_mnist_flow"] = summary(flow)
+        row["prepare_mnist_flow"]["ratio"] = (
+            row["prepare_mnist_flow"]["median_s"] / row["plain_pyarrow_write"]["median_s"]
+        )
+    return row
+
+
+def format_row(row: dict) -> str:
+    base, prep = row["plain_pyarrow_write"], row["skytrain_prep"]
+    verdict = "meets" if prep["ratio"] <= TARGET else "misses"
+    line = (
+        f"MNIST from {row['source']} ({row['rows']} rows): plain pyarrow write {base['median_s']:.2f}s; "
+        f"skytrain data prep {prep['median_s']:.2f}s [{prep['min_s']:.2f}-{prep['max_s']:.2f}] = "
+        f"{prep['ratio']:.2f}x ({verdict} <= {TARGET}x)"
+    )
+    if flow := row.get("prepare_mnist_flow"):
+        line += f"; prepare-mnist flow end to end {flow['median_s']:.2f}s = {flow['ratio']:.2f}x"
+    return line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,500 images from IDX, 1 repeat (CI)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-flow", action="store_true", help="skip the flow end to end (needs no Prefect API)")
+    parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-data-prep.json)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="skytrain-bench-data-"))
+    try:
+        if args.quick:
+            folder = write_idx_files(work / "idx", train_rows=2000, test_rows=500)
+            sources, repeats, val_size = {"idx": str(folder)}, 1, 500
+        else:
+            folder = write_idx_files(work / "idx", train_rows=None, test_rows=None)
+            sources, repeats, val_size = {"pickle": Settings().mnist_location(), "idx": str(folder)}, args.repeats, 5000
+        with_flow = not args.no_flow
+        context = _prefect_api() if with_flow else _nothing()
+        rows = []
+        with context:
+            for kind, location in sources.items():
+                rows.append(measure(kind, location, repeats, val_size, work, with_flow))
+                print(format_row(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    targets = {"skytrain_prep": f"<= {TARGET}x plain pyarrow write"}
+    report.write("data-prep", args.quick, os.cpu_count() or 1, targets, rows, args.output)
+
+
+def _prefect_api():
+    """A Prefect API for the flow runs: the one configured, else a temporary one for this run."""
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    from prefect.testing.utilities import prefect_test_harness
+
+    return prefect_test_harness(server_startup_timeout=120)
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+if __name__ == "__main__":
+    main()
