@@ -56,7 +56,7 @@ def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
         frame = diamonds.read_csv(settings.diamonds_location())
         frame = frame if limit_rows is None else frame.head(limit_rows)
         tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
-    return write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest)
+    return Path(write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest))
 
 
 def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1)) -> list[float]:

@@ -23,7 +23,7 @@ from ray_jobs.settings import Settings
 def small_diamonds(settings: Settings, rows: int = 3000, version: str = "small") -> Path:
     frame = diamonds.read_csv(settings.diamonds_location()).sample(rows, random_state=0)
     tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.2)
-    return write_version(settings.data_store, "diamonds", version, tables, manifest)
+    return Path(write_version(settings.data_store, "diamonds", version, tables, manifest))
 
 
 def small_mnist(settings: Settings, test_images: int, version: str = "small") -> tuple[Path, np.ndarray]:
@@ -38,7 +38,7 @@ def small_mnist(settings: Settings, test_images: int, version: str = "small") ->
         s: (u8.reshape(len(u8), -1).astype(np.float32) / 256, rng.integers(0, 10, len(u8))) for s, u8 in pixels.items()
     }
     tables, manifest = mnist.transform(splits, seed=0, val_size=20)
-    return write_version(settings.data_store, "mnist", version, tables, manifest), pixels["test"]
+    return Path(write_version(settings.data_store, "mnist", version, tables, manifest)), pixels["test"]
 
 
 def register(net: torch.nn.Module, spec, version_dir: Path, hparams: dict) -> str:
