@@ -24,8 +24,23 @@ CATEGORIES = {
     "color": ("J", "I", "H", "G", "F", "E", "D"),
     "clarity": ("I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"),
 }
+# Physical bounds: weights and millimetres are not negative, depth and table are percentages.
+RANGES = {
+    "carat": (0.0, None),
+    "x": (0.0, None),
+    "y": (0.0, None),
+    "z": (0.0, None),
+    "depth": (0.0, 100.0),
+    "table": (0.0, 100.0),
+}
 SPEC = tabular.TabularSpec(
-    name=NAME, target=TARGET, categorical=CATEGORIES, numeric=NUMERIC, log_target=True, transform=TRANSFORM
+    name=NAME,
+    target=TARGET,
+    categorical=CATEGORIES,
+    numeric=NUMERIC,
+    log_target=True,
+    ranges=RANGES,
+    transform=TRANSFORM,
 )
 
 

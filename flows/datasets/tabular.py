@@ -37,6 +37,7 @@ class TabularSpec:
     numeric: tuple[str, ...] | None = None  # None: every other column
     log_target: bool = False  # train on log(target); the target must then be > 0
     min_target: float | None = None  # the target must be above this
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive bounds
     transform: str = TRANSFORM
 
     def __post_init__(self) -> None:
@@ -107,6 +108,18 @@ def validate(frame: pd.DataFrame, spec: TabularSpec, file: str, *, max_duplicate
         infinite = ~np.isfinite(frame[column]) & frame[column].notna()
         report.check(
             not infinite.any(), column, "finite values", count=int(infinite.sum()), detail=_first_rows(infinite, file)
+        )
+    for column, (low, high) in spec.ranges.items():
+        values = frame[column]
+        outside = (values < low if low is not None else False) | (values > high if high is not None else False)
+        outside = pd.Series(outside, index=frame.index) & values.notna()
+        bounds = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        report.check(
+            not outside.any(),
+            column,
+            f"values in {bounds}",
+            count=int(outside.sum()),
+            detail=f"found [{values.min():g}, {values.max():g}]; {_first_rows(outside, file)}",
         )
     if (floor := spec.target_floor) is not None:
         low = frame[spec.target] <= floor

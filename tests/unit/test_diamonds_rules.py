@@ -61,6 +61,8 @@ def _set(column, row, value):
         (_set("price", 5, 0), "price", "price > 0"),
         (_set("price", 6, -12), "price", "price > 0"),
         (_set("color", 4, "Z"), "color", "known level (one of ['J', 'I', 'H', 'G', 'F', 'E', 'D'])"),
+        (_set("depth", 9, 120.0), "depth", "values in [0, 100]"),
+        (_set("x", 1, -3.5), "x", "values in [0, inf]"),
     ],
 )
 def test_each_rule_names_file_field_and_rule(tmp_path, mutate, field, rule):
