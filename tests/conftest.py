@@ -65,28 +65,10 @@ def local_ray():
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1 (a free port), stopped by its PID after the session."""
-    import subprocess
-    import sys
+    from tests.servers import moto_server
 
-    from tests.servers import free_ports, wait_for_http
-
-    (port,) = free_ports()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{endpoint}/moto-api/", server, "moto's S3 server", timeout=60)
+    with moto_server() as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture

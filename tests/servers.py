@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def free_ports(count: int = 1) -> list[int]:
@@ -30,3 +34,27 @@ def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not come up (exit {process.poll()})") from None
             time.sleep(poll)
+
+
+@contextmanager
+def moto_server(**env: str) -> Iterator[str]:
+    """moto's server (every AWS service it mocks) on 127.0.0.1 at a free port, with ``env`` added to
+    its environment; yields its endpoint and stops it by its PID."""
+    (port,) = free_ports()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", server, "moto's server", timeout=60)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

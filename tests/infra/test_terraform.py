@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -134,26 +132,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "skytrain" {{
 def moto_endpoint():
     """moto's server on 127.0.0.1 with AWS's managed IAM policies loaded, stopped by its PID."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    from tests.servers import free_ports, wait_for_http
+    from tests.servers import moto_server
 
-    (port,) = free_ports()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**subprocess.os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{endpoint}/moto-api/", server, "moto's server", timeout=60)
+    with moto_server(MOTO_IAM_LOAD_MANAGED_POLICIES="true") as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def aws_clients(endpoint: str, region: str):
