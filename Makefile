@@ -54,6 +54,7 @@ test: setup $(CHECKOV)
 # Figures as ratios against a baseline measured in the same run (benchmarks/results/).
 bench: setup
 	$(PY) -m benchmarks.train_epoch
+	$(PY) -m benchmarks.data_prep
 	$(PY) -m benchmarks.batch_inference
 	$(PY) -m benchmarks.serving
 
