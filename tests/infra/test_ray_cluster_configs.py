@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from tests.infra.tools import RAY_CONFIGS, REPO, canonical, project_requirements, requires_python
+from tests.infra.tools import INFRA, RAY_CONFIGS, REPO, canonical, project_requirements, requires_python
 
 INSTALL_SCRIPT = REPO / "infra" / "ray" / "install_node.sh"
 PROJECT_MOUNT = "~/skytrain"
@@ -274,3 +274,18 @@ def test_secret_scan_can_fail(tmp_path: Path):
     config["setup_commands"].append("export AWS_SECRET_ACCESS_KEY=abc123")
     text = yaml.safe_dump(config)
     assert re.search(SECRET_PATTERNS["credential assignment"], text)
+
+
+def test_every_node_starts_ray_with_serves_throughput_settings():
+    """The cluster's nodes and the KubeRay image run Ray Serve as a local Ray does (ray_jobs/cluster.py)."""
+    from ray_jobs.cluster import SERVE_THROUGHPUT_SETTINGS
+
+    exports = "export " + " ".join(f"{name}={value}" for name, value in SERVE_THROUGHPUT_SETTINGS.items()) + ";"
+    for cloud, path in RAY_CONFIGS.items():
+        config = yaml.safe_load(path.read_text())
+        for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+            starts = [command for command in config[key] if "ray start" in command]
+            assert starts and all(exports in command.split("ray start")[0] for command in starts), (cloud, key)
+    dockerfile = (INFRA / "kuberay" / "Dockerfile").read_text()
+    for name, value in SERVE_THROUGHPUT_SETTINGS.items():
+        assert f"{name}={value}" in dockerfile, name
