@@ -20,6 +20,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 # Before skytrain is imported: a private state directory.
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             folder = write_idx_files(work / "idx", train_rows=None, test_rows=None)
             sources, repeats, val_size = {"pickle": Settings().mnist_location(), "idx": str(folder)}, args.repeats, 5000
         with_flow = not args.no_flow
-        context = _prefect_api() if with_flow else _nothing()
+        context = _prefect_api() if with_flow else nullcontext()
         rows = []
         with context:
             for kind, location in sources.items():
@@ -168,8 +169,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _prefect_api():
     """A Prefect API for the flow runs: the one configured, else a temporary one for this run."""
-    from contextlib import nullcontext
-
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
@@ -177,12 +176,6 @@ def _prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
     return prefect_test_harness(server_startup_timeout=120)
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 if __name__ == "__main__":

@@ -257,12 +257,10 @@ def build_tabular_version(
         report = tabular.validate(frame, dataset, source, max_duplicate_fraction=Settings().max_duplicate_fraction)
         tables, manifest = tabular.transform(frame, dataset, seed, val_fraction, test_fraction, limit_rows)
         params = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "limit_rows": limit_rows}
-        manifest |= _source_manifest(source, sha256, params, dataset.transform, _table_format(source))
+        manifest |= _source_manifest(
+            source, sha256, params, dataset.transform, "parquet" if tabular.is_parquet(source) else "csv"
+        )
         return _finish(report, store, dataset.name, version, tables, manifest, allow_drift=allow_drift, replace=force)
-
-
-def _table_format(location: str) -> str:
-    return "parquet" if location.lower().endswith((".parquet", ".pq")) else "csv"
 
 
 def _spec_json(spec: TabularSpec) -> dict[str, Any]:

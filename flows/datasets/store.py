@@ -25,14 +25,6 @@ from ray_jobs import storage
 from ray_jobs.dataset import MANIFEST, read_manifest
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def version_id(source_sha256: str, params: dict[str, Any]) -> str:
     """Content hash of the source and the transform parameters: same inputs, same version."""
     payload = json.dumps({"source_sha256": source_sha256, "params": params}, sort_keys=True)

@@ -56,24 +56,28 @@ class TabularSpec:
         return 0.0 if self.log_target and self.min_target is None else self.min_target
 
 
+def is_parquet(file: str) -> bool:
+    """Parquet by its name (``.parquet``, ``.pq``); anything else is read as CSV."""
+    return file.lower().endswith((".parquet", ".pq"))
+
+
 def read_table(data: bytes, file: str) -> pd.DataFrame:
     """A CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) file's rows."""
     require(len(data) > 0, file, "file", "not empty", "the file has 0 bytes")
-    name = file.lower()
     try:
-        if name.endswith((".parquet", ".pq")):
+        if is_parquet(file):
             frame = pq.read_table(io.BytesIO(data)).to_pandas()
         else:
-            frame = pd.read_csv(io.BytesIO(data), compression="gzip" if name.endswith(".gz") else None)
+            frame = pd.read_csv(io.BytesIO(data), compression="gzip" if file.lower().endswith(".gz") else None)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, pa.ArrowInvalid, OSError) as exc:
-        kind = "Parquet file" if name.endswith((".parquet", ".pq")) else "CSV with a header row"
+        kind = "Parquet file" if is_parquet(file) else "CSV with a header row"
         raise DataValidationError(file, "file", f"readable {kind}", str(exc)) from exc
     require(len(frame) > 0, file, "file", "at least one data row")
     return frame
 
 
 def _first_rows(mask: pd.Series, file: str) -> str:
-    csv = not file.lower().endswith((".parquet", ".pq"))
+    csv = not is_parquet(file)
     rows = mask.to_numpy().nonzero()[0][:5] + (2 if csv else 0)  # CSV: 1-based lines after the header
     where = "CSV line(s)" if csv else "row(s)"
     return f"{int(mask.sum())} row(s), first at {where} {', '.join(map(str, rows))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from flows.datasets import store
+from flows.datasets import sources, store
 from ray_jobs.dataset import read_manifest
 
 
@@ -26,10 +27,10 @@ def test_version_id_is_stable_and_content_addressed():
     assert store.version_id("abc", {**params, "transform": "t2"}) != same
 
 
-def test_file_sha256_matches_hashlib(tmp_path):
+def test_source_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(os.urandom(3 << 20))
-    assert store.file_sha256(path) == store.hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sources.sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_write_publishes_a_complete_version(tmp_path):
