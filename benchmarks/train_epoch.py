@@ -46,17 +46,20 @@ from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
 
 
-def prepare(model: str, limit_rows: int | None, settings: Settings) -> Path:
+def prepare(model: str, limit_rows: int | None, settings: Settings, val_size: int | None = None) -> Path:
+    """A dataset version of ``model``'s dataset, cut to ``limit_rows`` rows per split (MNIST's
+    validation split: ``val_size`` rows, default 5,000 or a tenth of ``limit_rows``)."""
     if model == "mnist-cnn":
         raw, _ = mnist.read_verified(settings.mnist_location(), settings.mnist_sha256)
-        val_size = 5000 if limit_rows is None else max(100, limit_rows // 10)
+        val_size = val_size or (5000 if limit_rows is None else max(100, limit_rows // 10))
         splits = mnist.parse(raw, settings.mnist_location())
         tables, manifest = mnist.transform(splits, seed=0, val_size=val_size, limit_rows=limit_rows)
     else:
         frame = diamonds.read_csv(settings.diamonds_location())
         frame = frame if limit_rows is None else frame.head(limit_rows)
         tables, manifest = diamonds.transform(frame, seed=0, val_fraction=0.1, test_fraction=0.1)
-    return Path(write_version(settings.data_store, spec_for(model).dataset, f"bench-{limit_rows}", tables, manifest))
+    name = f"bench-{limit_rows}-{val_size}"
+    return Path(write_version(settings.data_store, spec_for(model).dataset, name, tables, manifest))
 
 
 def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1)) -> list[float]:

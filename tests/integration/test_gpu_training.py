@@ -32,4 +32,5 @@ def test_cnn_trains_on_gpu(local_ray, state_dir, compile_model):
     run = client.get_run(result["run_id"])
     assert run.data.params["device"] == "cuda"
     assert run.data.metrics["data_resident"] == 1.0  # 4000 MNIST rows fit on any GPU
+    assert run.data.metrics["gpu_memory_peak_gib"] > 0
     assert result["metrics"]["test_accuracy"] > 0.8

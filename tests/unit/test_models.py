@@ -81,4 +81,6 @@ def test_cnn_uses_channels_last_and_the_regressor_one_thread():
     assert memory_format({"feature_shape": [26]}) == torch.preserve_format
     assert threads_per_worker(SPECS["mnist-cnn"], 4.0) == 4  # the CPUs each worker asked for
     assert threads_per_worker(SPECS["mnist-cnn"], 0.5) == 1
+    assert threads_per_worker(SPECS["mnist-cnn"], 1.0, cores=2.0) == 2  # a local worker: its share of the cores
+    assert threads_per_worker(SPECS["mnist-cnn"], 0.5, cores=0.5) == 1
     assert threads_per_worker(SPECS["diamonds-regressor"], 4.0) == 1
