@@ -34,3 +34,25 @@ def test_tests_never_touch_the_users_state():
     from ray_jobs.settings import Settings
 
     assert Settings().state_dir != (ROOT / ".skytrain").resolve()
+
+
+def test_make_test_runs_every_test_file_in_exactly_one_shard():
+    from tests.shards import shard_files
+
+    shards = shard_files()
+    every = sorted(f"tests/{p.relative_to(ROOT / 'tests').as_posix()}" for p in (ROOT / "tests").rglob("test_*.py"))
+    assert sorted(shards["training"] + shards["servers"]) == every
+    assert not set(shards["training"]) & set(shards["servers"])
+    assert "tests/integration/test_local_platform.py" in shards["servers"]  # the platform starts in one shard only
+
+
+def test_a_shard_that_collects_nothing_fails_the_run(tmp_path, monkeypatch):
+    """pytest's "no tests collected" (5) never reaches CI as such: the run fails with 1."""
+    from tests import shards
+
+    empty = tmp_path / "tests"
+    (empty / "unit").mkdir(parents=True)
+    (empty / "unit" / "test_nothing.py").write_text("# no test here\n")
+    monkeypatch.setattr(shards, "TESTS", empty)
+    monkeypatch.setattr(shards, "ROOT", tmp_path)
+    assert shards.main(["servers"]) == 1
