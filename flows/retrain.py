@@ -190,6 +190,8 @@ def _pipeline(
         with step(f"promote {m}"):
             gates[m] = gate = promote(model=m, version=result["version"], margin=margin)
         with step(f"smoke inference {m}"):
+            if gate["champion_version"] is None:  # the first version of a model was rejected: nothing serves it
+                raise ValueError(f"no champion to serve: version {result['version']} was rejected ({gate['reason']})")
             smoke = smoke_inference(m, dataset["path"])
         logger.info(
             "%s champion v%s on test rows: predicted %s, expected %s",
