@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
 
 # Ray Serve's throughput settings (its controller lists them as "throughput optimized"): user code and
@@ -23,6 +24,9 @@ SERVE_THROUGHPUT_SETTINGS = {
     "RAY_SERVE_PROXY_USE_GRPC": "1",
 }
 
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: "0" makes 127.0.0.1 the node address, and Ray binds loopback only.
+RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
 
 def init_local(**options: Any) -> None:
     """Start a local Ray whose processes know its address (and Serve's throughput settings).
@@ -31,6 +35,13 @@ def init_local(**options: Any) -> None:
     running on the same machine it cannot tell which is its own ("Found multiple active Ray
     instances") and stops, leaking the placement groups of trainings that end abruptly (a Tune
     trial stopped by ASHA). A fixed GCS port, exported to every worker as ``RAY_ADDRESS``, settles it.
+
+    Every server of the local Ray (GCS, raylet, dashboard and its agents, workers) listens on
+    127.0.0.1 only: on Linux Ray otherwise binds all interfaces (``::``, ``0.0.0.0``, the host's IP),
+    and a local Ray has no other node to talk to. Ray keeps to loopback when its
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is off: set for Ray's processes here, and for this one
+    during ``ray.init`` (Ray read the variable when it was imported). A value already set wins:
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` gives Ray's own default back.
     """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -39,15 +50,20 @@ def init_local(**options: Any) -> None:
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    previous = os.environ.get(GCS_PORT_ENVIRONMENT_VARIABLE)
+    previous = {name: os.environ.get(name) for name in (GCS_PORT_ENVIRONMENT_VARIABLE, RAY_CLUSTER_VARIABLE)}
     os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
+    os.environ.setdefault(RAY_CLUSTER_VARIABLE, "0")
+    clusters_enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[RAY_CLUSTER_VARIABLE].lower() in {"1", "true"}
     try:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
     finally:
-        if previous is None:
-            os.environ.pop(GCS_PORT_ENVIRONMENT_VARIABLE, None)
-        else:
-            os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = previous
+        ray_constants.ENABLE_RAY_CLUSTER = clusters_enabled
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager

@@ -9,10 +9,12 @@ import sys
 import time
 
 import mlflow
+import pytest
 
 from flows.platform_state import cmdline
 from ray_jobs.models import spec_for
 from tests.running_platform import PROJECT_DIR, RETRAIN_PARAMETERS
+from tests.security.listening import exposed, listeners, with_descendants
 
 DEPLOYMENTS = ["retrain", "prepare-data", "prepare-tabular", "train", "promote", "rollback", "batch-inference", "tune"]
 
@@ -80,6 +82,17 @@ def test_flows_started_from_the_checkout_report_to_the_servers(platform):
     env = {k: v for k, v in platform.env.items() if k not in {"PREFECT_API_URL", "SKYTRAIN_MLFLOW_TRACKING_URI"}}
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     assert out.stdout.split() == [f"{platform.prefect_url}/api", platform.mlflow_url], out.stderr
+
+
+@pytest.mark.parametrize("which", ["platform", "postgres_platform"])
+def test_every_server_up_starts_listens_on_loopback_only(which, platform, request):
+    """Read from the sockets the recorded processes and their children hold, not from their settings."""
+    running = request.getfixturevalue(which)  # taking ``platform`` keeps it with conftest's platform tests
+    pids = running.pids()
+    found = listeners(with_descendants(pids.values()))
+    ports = {int(running.env[f"SKYTRAIN_{name.upper()}_PORT"]) for name in pids if name != "worker"}
+    assert ports <= {listener.port for listener in found}, f"not every server listens on its port: {found}"
+    assert not exposed(found), "make up's servers listen beyond loopback:\n" + "\n".join(exposed(found))
 
 
 def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exactly_it(platform, postgres_platform):

@@ -7,6 +7,7 @@ the real gate, the last promotes a better one while requests keep coming.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from ray_jobs.dataset import load_split
 from ray_jobs.models import MnistCNN, spec_for
 from ray_jobs.settings import Settings
 from tests.registered import least_squares, register, small_diamonds, small_mnist
+from tests.security.listening import exposed, listeners, with_descendants
 from tests.servers import free_ports
 
 REGRESSOR, CNN = spec_for("diamonds-regressor"), spec_for("mnist-cnn")
@@ -181,3 +183,11 @@ def test_unknown_routes_and_wrong_methods_are_refused(service):
     assert http.post(f"{url}/health").status_code == 405
     missing = http.get(f"{url}/metrics")
     assert missing.status_code == 404 and "use POST /predict" in missing.json()["error"]
+
+
+def test_the_http_proxy_listens_on_loopback_only(service):
+    """``serve_host`` defaults to 127.0.0.1: Serve's proxy holds the serving port there and nowhere else."""
+    port = int(service["urls"]["mnist-cnn"].split(":")[2].split("/")[0])
+    found = [s for s in listeners(with_descendants([os.getpid()])) if s.process.startswith("ray::ProxyActor")]
+    assert any(listener.port == port for listener in found), f"no proxy listens on port {port}: {found}"
+    assert not exposed(found), "Serve's proxy listens beyond loopback:\n" + "\n".join(exposed(found))
