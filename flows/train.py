@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.datasets.store import existing_version, latest_version
+from flows.operations import io_task
 from flows.parameters import (
     Epochs,
     ModelHyperparameters,
@@ -20,10 +21,27 @@ from flows.parameters import (
     overrides_of,
 )
 from flows.ray_job import run_training_job, training_entrypoint
+from ray_jobs import tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 from ray_jobs.train import resolve_hparams, run_training
+
+TRACKING_CHECK_SECONDS = 30  # one /health request (10 s timeout), with room to spare
+
+
+@io_task("reach-mlflow", timeout_seconds=TRACKING_CHECK_SECONDS)
+def reach_tracking_server(tracking_uri: str) -> None:
+    """The MLflow tracking server answers before a training or a cluster job starts.
+
+    An unreachable server (restarting, not up yet) fails this task at once with a one-line
+    ``TrackingUnavailable`` naming the URI, and Prefect retries it (transient, ``flows/operations.py``).
+    Without it the training's first MLflow call would wait out MLflow's own client retries (about
+    four minutes) and then fail the flow, unretried. Registration cannot happen twice on a rerun:
+    ``tracking.log_and_register`` is idempotent on the run.
+    """
+    tracking.require_server(tracking_uri)
+
 
 ModelToTrain = Annotated[ModelName, Field(description="The model to train.")]
 DatasetVersion = Annotated[
@@ -78,6 +96,9 @@ def train(
     same name resumes it from its last checkpoint. ``compile_model`` trains a ``torch.compile``-d
     model (default ``SKYTRAIN_TORCH_COMPILE``, off): worth it on GPUs, not for short CPU runs.
 
+    Before anything starts, the MLflow tracking server must answer (task ``reach-mlflow``, retried
+    with backoff while it does not).
+
     Where it runs: with ``jobs_address`` (default ``SKYTRAIN_RAY_JOBS_ADDRESS``), the Ray Jobs API
     of a cluster (its dashboard, ``http://<head>:8265``) runs it as a job; otherwise in this
     process on the Ray at ``ray_address`` (default ``SKYTRAIN_RAY_ADDRESS``), or on a local Ray it starts.
@@ -90,6 +111,7 @@ def train(
     if dataset_dir is None:
         raise FileNotFoundError(f"dataset '{spec.dataset}' has no version '{version}' in {settings.data_store}")
     resolve_hparams(spec, hparams, epochs)  # refuse bad values here, before a cluster is involved
+    reach_tracking_server(settings.mlflow_tracking_uri)
     jobs_address = jobs_address or settings.ray_jobs_address
     if jobs_address:
         entrypoint = training_entrypoint(

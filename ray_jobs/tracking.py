@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,34 @@ from ray_jobs.settings import Settings
 
 # Explicit requirements: MLflow's own inference imports every module in sight (~15x slower).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
+
+
+class TrackingUnavailable(ConnectionError):
+    """The MLflow tracking server did not answer: a ``ConnectionError``, so the flows retry it (transient)."""
+
+
+def require_server(tracking_uri: str, timeout: float = 10.0) -> None:
+    """For an ``http(s)://`` tracking URI: the server answers, else ``TrackingUnavailable`` naming it.
+
+    One request to ``/health`` without MLflow's own client retries (seven, over about four minutes):
+    a caller that retries (a Prefect task) sees each failure at once and says so. Any answer below
+    500 counts as reachable (a server behind a proxy may not route ``/health``); a database or file
+    URI has no server to reach.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code < 500:
+            return
+        reason = f"it answered HTTP {error.code}"
+    except urllib.error.URLError as error:
+        reason = str(error.reason)
+    except OSError as error:  # a timeout, a connection reset mid-answer
+        reason = str(error) or type(error).__name__
+    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} is unreachable: {reason}")
 
 
 def ensure_experiment(settings: Settings) -> str:
@@ -162,6 +192,13 @@ def log_results(
         mlflow.log_figure(plots.residuals(target, prediction, label), "plots/residuals.png")
 
 
+def registered_version(client: mlflow.MlflowClient, name: str, run_id: str) -> str | None:
+    """The version of ``name`` that run ``run_id`` registered (READY), if any."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    ready = sorted(int(v.version) for v in found if v.status == "READY")
+    return str(ready[0]) if ready else None
+
+
 def log_and_register(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -175,21 +212,29 @@ def log_and_register(
 
     Its ONNX export is made and checked against PyTorch on ``check_rows`` (default: ``example``)
     first: an export that fails or disagrees stops here, before anything is registered.
+
+    Idempotent on ``run_id``: a run registers one version. A resumed run whose first attempt died
+    after registering (before or while tagging) completes that version's tags instead of
+    registering a second one.
     """
     model.eval()
     onnx_check = onnx_model.export_and_log(model, example, example if check_rows is None else check_rows)
-    with torch.no_grad():
-        example_output = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, example_output),
-        input_example=example,
-        registered_model_name=spec.registered_name,
-        pip_requirements=PIP_REQUIREMENTS,
-    )
-    version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
+    if (version := registered_version(client, spec.registered_name, run_id)) is None:
+        with torch.no_grad():
+            example_output = model(torch.from_numpy(example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, example_output),
+            input_example=example,
+            registered_model_name=spec.registered_name,
+            pip_requirements=PIP_REQUIREMENTS,
+            # torch.export's archive: a graph and tensors, loadable without unpickling code (ray_jobs/__init__.py).
+            # MLflow's default too, except on a Databricks tracking URI, where it pickles the whole module.
+            serialization_format="pt2",
+        )
+        version = str(info.registered_model_version)
     lineage = {
         "skytrain.model": spec.key,
         "skytrain.run_id": run_id,

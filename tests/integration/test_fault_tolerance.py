@@ -20,6 +20,7 @@ import ray
 
 from flows.datasets import diamonds
 from flows.datasets.store import write_version
+from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
 from ray_jobs.train import run_training
 
@@ -143,6 +144,8 @@ def test_rerun_with_the_same_run_name_resumes_a_crashed_training(local_ray, stat
     experiment = client.get_experiment_by_name(settings.mlflow_experiment).experiment_id
     [crashed] = client.search_runs([experiment], filter_string=f"attributes.run_name = '{run_name}'")
     assert crashed.info.status == "RUNNING"
+    registry = f"name = '{spec_for('diamonds-regressor').registered_name}'"
+    assert client.search_model_versions(registry) == [], "the crashed training left a model version"
 
     result = run_training("diamonds-regressor", dataset_dir, epochs=EPOCHS, num_workers=1, run_name=run_name)
     assert result["run_id"] == crashed.info.run_id
@@ -152,3 +155,7 @@ def test_rerun_with_the_same_run_name_resumes_a_crashed_training(local_ray, stat
     assert resumed and all(1 <= m.value < EPOCHS for m in resumed), "the rerun started over"
     with pytest.raises(ValueError, match="already finished"):
         run_training("diamonds-regressor", dataset_dir, epochs=EPOCHS, num_workers=1, run_name=run_name)
+    # One version, registered by the resumed run, with its lineage: nothing half-registered is left.
+    [version] = client.search_model_versions(registry)
+    assert (str(version.version), version.run_id, version.status) == (result["version"], result["run_id"], "READY")
+    assert version.tags["skytrain.run_id"] == result["run_id"] and "skytrain.dataset_version" in version.tags
