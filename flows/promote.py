@@ -26,6 +26,7 @@ from flows.parameters import Floor, Margin, ModelName, RegisteredVersion, descri
 from flows.policy import PromotionPolicy, policy_for
 from flows.registry import (
     CHALLENGER,
+    REPLACED_TAG,
     move_champion_task,
     promotion_lock,
     read_champion,
@@ -194,6 +195,9 @@ def _record(tracking_uri: str, model: str, record: dict) -> None:
     name, version = record["model"], record["challenger_version"]
     verdict = "promoted" if record["promote"] else "rejected"
     tags = {
+        # Written on promotion only (a later rejection of the same version must not change it): the
+        # champion this version replaced, where rollback returns to.
+        **({REPLACED_TAG: record["champion_version_before"] or ""} if record["promote"] else {}),
         "skytrain.gate.decision": verdict,
         "skytrain.gate.metric": record["metric"],
         "skytrain.gate.challenger_score": _num(record["challenger_score"]),

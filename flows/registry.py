@@ -28,6 +28,11 @@ from ray_jobs.inference import CHAMPION
 from ray_jobs.settings import Settings
 
 CHALLENGER = "challenger"  # champion: ray_jobs.inference.CHAMPION (serving reads it too)
+# On a version the gate promoted: the champion it replaced ("" for a first champion). Unlike
+# skytrain.gate.champion_version (the champion it was compared with, rewritten at every gate of the
+# version), it stays as the promotion left it: gating the version again, even the champion itself,
+# cannot change where a rollback returns to.
+REPLACED_TAG = "skytrain.gate.replaced_version"
 REGISTRY_TIMEOUT_SECONDS = 120
 
 

@@ -1,7 +1,8 @@
 """The ``rollback`` flow: move ``champion`` back to the champion before it, and record that.
 
 "The champion before it" is the version the current champion replaced when the gate promoted it
-(its ``skytrain.gate.champion_version`` tag), so repeated rollbacks walk back through the
+(its ``skytrain.gate.replaced_version`` tag; for versions promoted before that tag existed, or
+marked by hand, ``skytrain.gate.champion_version``), so repeated rollbacks walk back through the
 promotions. ``to_version`` picks a version instead. The target must still load through
 ``mlflow.pyfunc``. Tags and descriptions on both versions and a ``rollback-<model>`` Prefect
 artifact record who was demoted, when and why; the promotion lock keeps it from racing a gate.
@@ -22,6 +23,7 @@ from flows.operations import io_task
 from flows.parameters import ModelName, RegisteredVersion, described
 from flows.registry import (
     REGISTRY_TIMEOUT_SECONDS,
+    REPLACED_TAG,
     move_champion_task,
     promotion_lock,
     read_champion,
@@ -48,10 +50,11 @@ def load_check(tracking_uri: str, name: str, version: str) -> None:
 
 def previous_champion(tracking_uri: str, name: str, champion: str) -> str:
     """The version ``champion`` replaced when it was promoted; refused where there was none."""
-    before = read_version(tracking_uri, name, champion).tags.get("skytrain.gate.champion_version")
+    tags = read_version(tracking_uri, name, champion).tags
+    before = tags.get(REPLACED_TAG, tags.get("skytrain.gate.champion_version"))
     if not before:
         raise ValueError(
-            f"{name}: champion v{champion} was its first champion (no 'skytrain.gate.champion_version' tag): "
+            f"{name}: champion v{champion} was its first champion (no '{REPLACED_TAG}' tag): "
             "nothing to roll back to; pass to_version to choose one"
         )
     return before
