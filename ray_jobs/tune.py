@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from ray_jobs import tracking
+from ray_jobs import storage, tracking
 from ray_jobs.models import ModelSpec, spec_for
 from ray_jobs.settings import Settings
 from ray_jobs.train import (
@@ -171,6 +171,7 @@ def run_search(
             "experiment_id": experiment_id,
             "parent_run_id": parent.info.run_id,
         }
+        storage_path, storage_filesystem = storage.ray_storage(settings.ray_storage_path)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trial, context=context), TRIAL_DRIVER_RESOURCES),
             param_space=space,
@@ -186,7 +187,9 @@ def run_search(
                     max_t=base["epochs"], grace_period=1, reduction_factor=2, stop_last_trials=False
                 ),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=settings.ray_storage_path, verbose=0),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0
+            ),
         )
         grid = tuner.fit()
         trials = _trial_rows(grid, metric, base["epochs"])

@@ -1,15 +1,20 @@
-"""Where data prep reads its sources: a local path or ``s3://bucket/key``.
+"""Where data prep reads its sources: a local path, ``s3://bucket/key`` or
+``abfss://container@account.dfs.core.windows.net/path`` (Azure Blob Storage / ADLS Gen2).
 
 S3 goes through boto3 with the standard credential chain (environment, ``~/.aws``, SSO, the
 instance profile of a cloud node) and any S3-compatible endpoint: ``SKYTRAIN_S3_ENDPOINT_URL``,
-else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto, ...). A missing file or object is
-bad input (``DataValidationError``: never retried); a refused connection is transient (the I/O
-tasks retry it).
+else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto, ...). Azure goes through the same
+PyArrow filesystem as the dataset store (``ray_jobs/storage.py``: the account's key, a SAS token, a
+service principal or the node's managed identity; ``SKYTRAIN_AZURE_ENDPOINT`` for Azurite). A
+missing file, object or blob is bad input (``DataValidationError``: never retried), and so is a
+credential Azure refuses (``PermissionError``); a refused connection is transient (the I/O tasks
+retry it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from flows.datasets.validation import DataValidationError
@@ -17,6 +22,9 @@ from ray_jobs import storage
 
 CHUNK = 1 << 20
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NoSuchBucket", "NotFound"})
+# How PyArrow words Azure's refusal of a credential: "Azure Error: [AuthorizationFailure] 403 ...".
+AZURE_DENIED = re.compile(r"Azure Error: \[\w*\] 40[13] ")
+WHERE = "a local path or s3://bucket/key (or abfss://container@account.dfs.core.windows.net/path)"
 
 
 def s3_client():
@@ -36,11 +44,18 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def join(location: str, name: str) -> str:
-    return f"{location.rstrip('/')}/{name}" if storage.is_s3(location) else str(Path(location) / name)
+    return f"{location.rstrip('/')}/{name}" if storage.is_remote(location) else str(Path(location) / name)
 
 
 def _missing(uri: str, detail: str) -> DataValidationError:
     return DataValidationError(uri, "file", "exists", detail)
+
+
+def _local(uri: str) -> Path:
+    """A local source's path; a URI of a scheme no source can have (``ftp://``) is refused as such."""
+    if scheme := storage.unsupported_scheme(uri):
+        raise DataValidationError(uri, "source", WHERE, f"unsupported scheme '{scheme}://'")
+    return Path(uri)
 
 
 def _s3_body(uri: str):
@@ -56,11 +71,31 @@ def _s3_body(uri: str):
         raise
 
 
+def _azure_stream(uri: str):
+    """An Azure blob, open for reading through PyArrow."""
+    try:
+        storage.split_azure(uri)
+    except ValueError as error:
+        raise DataValidationError(uri, "source", WHERE, str(error)) from error
+    filesystem, path = storage.resolve(uri)  # ValueError for a bad endpoint setting or key
+    try:
+        return filesystem.open_input_stream(path)
+    except FileNotFoundError as error:  # no such blob, or no such container
+        raise _missing(uri, "no such blob") from error
+    except OSError as error:
+        if AZURE_DENIED.search(str(error)):  # a wrong key or a missing role: no second try will pass
+            raise PermissionError(f"{uri}: Azure refused the credential: {str(error).splitlines()[0]}") from error
+        raise  # a refused connection, a timeout, a 5xx: transient
+
+
 def read_bytes(uri: str) -> bytes:
     """A source file's whole content."""
     if storage.is_s3(uri):
         return _s3_body(uri).read()
-    path = Path(uri)
+    if storage.is_azure(uri):
+        with _azure_stream(uri) as stream:
+            return stream.read()
+    path = _local(uri)
     if not path.is_file():
         raise _missing(uri, "no such file")
     return path.read_bytes()
@@ -73,7 +108,12 @@ def sha256(uri: str) -> str:
         for block in _s3_body(uri).iter_chunks(CHUNK):
             digest.update(block)
         return digest.hexdigest()
-    path = Path(uri)
+    if storage.is_azure(uri):
+        with _azure_stream(uri) as stream:
+            for block in iter(lambda: stream.read(CHUNK), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    path = _local(uri)
     if not path.is_file():
         raise _missing(uri, "no such file")
     with open(path, "rb") as f:

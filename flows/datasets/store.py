@@ -1,10 +1,11 @@
-"""Immutable, content-addressed dataset versions in a store: a local folder or ``s3://bucket/prefix``.
+"""Immutable, content-addressed dataset versions in a store: a local folder, ``s3://bucket/prefix``
+or ``abfss://container@account.dfs.core.windows.net/prefix``.
 
 Layout: ``<store>/<dataset>/<version>/{train,val,test}.parquet`` plus ``manifest.json``. The
 manifest is written last and only a folder with one is a version, so a reader never sees half a
 version. Locally the version is written into a hidden folder and renamed into place in one step;
-on S3 (which has no rename) the splits are uploaded first, then the manifest, and a failed upload
-removes what it wrote.
+in an object store (S3, Azure Blob Storage: no atomic rename of a folder) the splits are uploaded
+first, then the manifest, and a failed upload removes what it wrote.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def write_version(
     """
     manifest = {**manifest, "dataset": dataset, "version": version}
     manifest["splits"] = {name: {"rows": table.num_rows} for name, table in splits.items()}
-    if storage.is_s3(store):
-        return _write_s3(version_dir(store, dataset, version), splits, manifest, replace)
+    if storage.is_remote(store):
+        return _write_remote(version_dir(store, dataset, version), splits, manifest, replace)
     return _write_local(Path(version_dir(store, dataset, version)), splits, manifest, replace)
 
 
@@ -119,7 +120,7 @@ def _write_local(final: Path, splits: dict[str, pa.Table], manifest: dict[str, A
     return str(final)
 
 
-def _write_s3(location: str, splits: dict[str, pa.Table], manifest: dict[str, Any], replace: bool) -> str:
+def _write_remote(location: str, splits: dict[str, pa.Table], manifest: dict[str, Any], replace: bool) -> str:
     manifest_location = storage.join(location, MANIFEST)
     if storage.is_file(manifest_location):
         if not replace:

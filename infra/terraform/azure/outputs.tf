@@ -20,3 +20,11 @@ output "storage_account" {
 output "container_url" {
   value = "https://${azurerm_storage_account.skytrain.name}.blob.core.windows.net/${azurerm_storage_container.skytrain.name}"
 }
+
+output "skytrain_env" {
+  description = "Settings for the machine that runs the flows (export each NAME=value): where datasets and checkpoints go. Credentials: `az login` there (with a data role on the container), the nodes' identity on the cluster."
+  value = {
+    SKYTRAIN_DATA_STORE       = "abfss://${azurerm_storage_container.skytrain.name}@${azurerm_storage_account.skytrain.name}.dfs.core.windows.net/datasets"
+    SKYTRAIN_RAY_STORAGE_PATH = "abfss://${azurerm_storage_container.skytrain.name}@${azurerm_storage_account.skytrain.name}.dfs.core.windows.net/ray_results"
+  }
+}
