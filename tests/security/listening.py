@@ -47,7 +47,7 @@ def listeners(processes: Iterable[psutil.Process]) -> list[Listener]:
     found = []
     for process in processes:
         try:
-            command = " ".join(process.cmdline())[:120]
+            command = " ".join(process.cmdline())  # whole: a long checkout path must not cut the script name off
             sockets = process.net_connections(kind="tcp")
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue  # ended between listing and looking: it listens on nothing
