@@ -121,7 +121,10 @@ def independent_shards(model: str, dataset_dir: Path, hp: dict, processes: int, 
 def ray_epochs(model: str, dataset_dir: Path, hp: dict, workers: int) -> tuple[list[float], float]:
     """Epoch times and fit()-to-first-step seconds of a real ``run_training`` (logged to MLflow)."""
     overrides = {k: v for k, v in hp.items() if k != "epochs"}
-    result = run_training(model, dataset_dir, epochs=hp["epochs"], num_workers=workers, hparams=overrides)
+    # Training alone: no test scoring, export or registration after fit() (nothing here reads them).
+    result = run_training(
+        model, dataset_dir, epochs=hp["epochs"], num_workers=workers, hparams=overrides, register=False
+    )
     client = mlflow.MlflowClient(Settings().mlflow_tracking_uri)
     history = sorted(client.get_metric_history(result["run_id"], "epoch_seconds"), key=lambda m: m.step)
     startup = client.get_run(result["run_id"]).data.metrics["startup_seconds"]

@@ -352,8 +352,12 @@ def run_training(
     hparams: dict[str, Any] | None = None,
     compile_model: bool | None = None,
     settings: Settings | None = None,
+    register: bool = True,
 ) -> dict[str, Any]:
     """Train one model on one dataset version with Ray Train, log it and register it.
+
+    ``register=False`` stops after ``fit()`` (no test scoring, plots, export or version; ``version``
+    is None): for measurements of training alone, such as the benchmarks'.
 
     Needs a connected Ray (``ray.init``). Returns run id, registered version and metrics. Rerunning a
     crashed training with the same ``run_name`` resumes it (same MLflow run, latest checkpoint).
@@ -412,18 +416,20 @@ def run_training(
         net.load_state_dict(state["model"])
         net.eval()
 
-        started = time.perf_counter()
-        test_x, test_y = load_split(dataset_dir, "test", manifest)
-        with torch.no_grad():
-            output = predict_in_batches(lambda x: net(torch.from_numpy(x)).numpy(), test_x)
-        test_metrics = {f"test_{k}": v for k, v in score(spec.task, test_y, output).items()}
-        tracking.log_results(spec, test_metrics, test_x, test_y, output, best_epoch=state["epoch"])
-        phases["evaluate"] = time.perf_counter() - started
-        started = time.perf_counter()
-        version = tracking.log_and_register(
-            net, spec, test_x[:5], manifest, hp, run.info.run_id, check_rows=test_x[:ONNX_CHECK_ROWS]
-        )
-        phases["register"] = time.perf_counter() - started
+        version, test_metrics = None, {}
+        if register:
+            started = time.perf_counter()
+            test_x, test_y = load_split(dataset_dir, "test", manifest)
+            with torch.no_grad():
+                output = predict_in_batches(lambda x: net(torch.from_numpy(x)).numpy(), test_x)
+            test_metrics = {f"test_{k}": v for k, v in score(spec.task, test_y, output).items()}
+            tracking.log_results(spec, test_metrics, test_x, test_y, output, best_epoch=state["epoch"])
+            phases["evaluate"] = time.perf_counter() - started
+            started = time.perf_counter()
+            version = tracking.log_and_register(
+                net, spec, test_x[:5], manifest, hp, run.info.run_id, check_rows=test_x[:ONNX_CHECK_ROWS]
+            )
+            phases["register"] = time.perf_counter() - started
         mlflow.log_metrics({f"phase_{name}_seconds": seconds for name, seconds in phases.items()})
 
     return {
