@@ -41,6 +41,16 @@ def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float
             time.sleep(poll)
 
 
+def stop(process: subprocess.Popen, grace: float = 15) -> None:
+    """Stop a server this test session started, by its PID: SIGTERM, then SIGKILL after ``grace`` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def moto_server(**env: str) -> Iterator[str]:
     """moto's server (every AWS service it mocks) on 127.0.0.1 at a free port, with ``env`` added to
@@ -57,12 +67,7 @@ def moto_server(**env: str) -> Iterator[str]:
         wait_for_http(f"{endpoint}/moto-api/", server, "moto's server", timeout=60)
         yield endpoint
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 AZURITE = Path(__file__).resolve().parents[1] / ".venv" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -120,9 +125,4 @@ def azurite_server(workspace: Path, account: str = "skytrainacct") -> Iterator[A
     try:
         yield Azurite(f"http://127.0.0.1:{port}", account, key, server)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
