@@ -42,11 +42,18 @@ QUICK_RETRAIN = "from flows.retrain import retrain; retrain(models=['diamonds-re
 STAGES = ("data_prep", "training", "registration", "promotion", "inference")
 
 
+def child_env(state_dir: Path) -> dict[str, str]:
+    """The environment of a process working on ``state_dir``: its own Prefect database (in that
+    state directory), no ``make up`` servers."""
+    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(state_dir), "SKYTRAIN_USE_SERVERS": "0"}
+    env.pop("PREFECT_HOME", None)
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def run_once(state_dir: Path, quick: bool) -> tuple[float, float]:
     """Wall seconds and start (epoch seconds) of one retrain on ``state_dir``: ``make run``, or the quick one."""
-    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(state_dir), "SKYTRAIN_USE_SERVERS": "0"}
-    env.pop("PREFECT_HOME", None)  # Prefect's database lives in the fresh state directory
-    env.pop("PREFECT_API_URL", None)
+    env = child_env(state_dir)
     command = [sys.executable, "-c", QUICK_RETRAIN] if quick else ["make", "--no-print-directory", "run"]
     log = state_dir.parent / f"{state_dir.name}.log"
     started = time.time()
@@ -60,9 +67,7 @@ def run_once(state_dir: Path, quick: bool) -> tuple[float, float]:
 
 def collect(state_dir: Path) -> dict:
     """What the run on ``state_dir`` recorded, read in a child process pointed at that state."""
-    env = {**os.environ, "SKYTRAIN_STATE_DIR": str(state_dir), "SKYTRAIN_USE_SERVERS": "0"}
-    env.pop("PREFECT_HOME", None)
-    env.pop("PREFECT_API_URL", None)
+    env = child_env(state_dir)
     output = subprocess.run(
         [sys.executable, "-m", "benchmarks.pipeline", "--collect"],
         cwd=ROOT,
