@@ -17,7 +17,7 @@ wall time is measured from outside, then split with what the run itself recorded
 The target: overhead at most 25 % of the wall time, with the CNN still at >= 99.0 % test accuracy.
 
     python -m benchmarks.pipeline              # `make run` on the embedded defaults, 3 repeats
-    python -m benchmarks.pipeline --quick      # a 4,000-row retrain of the regressor, 3 epochs, once (CI)
+    python -m benchmarks.pipeline --quick      # a 2,000-row retrain of the regressor, 2 epochs, 1 worker, once (CI)
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ from benchmarks import report
 ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_TARGET = 0.25  # orchestration overhead at most this share of the wall time
 ACCURACY_TARGET = 0.99  # the CNN's test accuracy after `make run`
-# CI's quick mode: the whole pipeline on the small model only (a CNN training adds ~30 s of start-up).
-QUICK_RETRAIN = "from flows.retrain import retrain; retrain(models=['diamonds-regressor'], limit_rows=4000, epochs=3)"
+# CI's quick mode: the whole pipeline on the small model only (a CNN training adds ~30 s of start-up), one worker.
+QUICK_RETRAIN = (
+    "from flows.retrain import retrain; "
+    "retrain(models=['diamonds-regressor'], limit_rows=2000, epochs=2, num_workers=1)"
+)
 STAGES = ("data_prep", "training", "registration", "promotion", "inference")
 
 
@@ -135,7 +138,9 @@ def split(wall: float, started: float, stages: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 4,000-row, 3-epoch retrain of the regressor, once (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 2,000-row, 2-epoch, 1-worker retrain of the regressor, once (CI)"
+    )
     parser.add_argument("--repeats", type=int, help="runs, each on a fresh state directory (default 3; quick 1)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-pipeline.json)")
     parser.add_argument("--collect", action="store_true", help=argparse.SUPPRESS)

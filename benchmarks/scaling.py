@@ -4,11 +4,11 @@ A training that scales linearly takes ``f`` times the full epoch on a fraction `
 the figure per fraction is that ratio, ``(epoch on f) / (f × epoch on 100 %)``: 1.0 is linear, above
 1 means a fixed cost per epoch (the validation pass, DDP's synchronization, Ray's reporting) that
 small datasets pay relatively more. Each size is its own dataset version (training and validation
-rows cut alike) and its own ``run_training`` on the same local Ray, 2 workers by default; medians
+rows cut alike) and its own ``run_training`` on the same local Ray, 2 workers by default (quick: 1); medians
 over epochs 2 and later (epoch 1 includes Ray Data's first read).
 
     python -m benchmarks.scaling            # 25/50/100 % of MNIST's 55,000 training rows, 3 epochs
-    python -m benchmarks.scaling --quick    # 25/50/100 % of 4,000 rows, 2 epochs (CI)
+    python -m benchmarks.scaling --quick    # 25/50/100 % of 2,000 rows, 2 epochs, 1 worker (CI)
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ TOLERANCE = 0.15  # "linear": within 15 % of f × the full epoch
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4,000 rows at most, 2 epochs (CI)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="2,000 rows at most, 2 epochs, 1 worker (CI)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers (default 2; quick 1)")
     parser.add_argument("--epochs", type=int, help="per size (default 3; quick 2)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-scaling.json)")
     args = parser.parse_args(argv)
-    full_rows = 4_000 if args.quick else FULL_TRAIN_ROWS
+    workers = args.workers or (1 if args.quick else 2)
+    full_rows = 2_000 if args.quick else FULL_TRAIN_ROWS
     full_val = full_rows // 10 if args.quick else FULL_VAL_ROWS
     hp = resolve_hparams(spec_for(MODEL), None, args.epochs or (2 if args.quick else 3))
     settings = Settings()
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         for fraction in FRACTIONS:
             limit = None if fraction == 1.0 and not args.quick else round(full_rows * fraction)
             dataset_dir = prepare(MODEL, limit, settings, val_size=round(full_val * fraction))
-            times, startup = ray_epochs(MODEL, dataset_dir, hp, args.workers)
+            times, startup = ray_epochs(MODEL, dataset_dir, hp, workers)
             by_fraction[str(fraction)] = {
                 **summary(times),
                 "rows": read_manifest(dataset_dir)["splits"]["train"]["rows"],
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     full = by_fraction["1.0"]["median_s"]
     for fraction, measured in by_fraction.items():
         measured["linearity"] = measured["median_s"] / (float(fraction) * full)
-    row = {"model": MODEL, "workers": args.workers, "tolerance": TOLERANCE, "by_fraction": by_fraction}
+    row = {"model": MODEL, "workers": workers, "tolerance": TOLERANCE, "by_fraction": by_fraction}
     print(format_row(row), flush=True)
     report.write("scaling", args.quick, cpus, {"linearity": f"within {TOLERANCE:.0%} of 1"}, [row], args.output)
 

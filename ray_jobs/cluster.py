@@ -24,6 +24,12 @@ SERVE_THROUGHPUT_SETTINGS = {
     "RAY_SERVE_PROXY_USE_GRPC": "1",
 }
 
+# Ray Train's preemption watcher (an actor per training that polls whether its nodes are being drained, as
+# spot nodes are) has nothing to watch on one machine: a local Ray trains without it. Its actor sat on each
+# training's start-up path: a one-epoch fit() took 34-43 s with it, 28-31 s without, on 2 cores here. The
+# driver's value reaches Ray Train's controller; one already set wins.
+LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: "0" makes 127.0.0.1 the node address, and Ray binds loopback only.
 RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
@@ -46,7 +52,7 @@ def init_local(**options: Any) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for name, value in SERVE_THROUGHPUT_SETTINGS.items():
+    for name, value in {**SERVE_THROUGHPUT_SETTINGS, **LOCAL_TRAIN_SETTINGS}.items():
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}

@@ -391,6 +391,7 @@ def run_training(
     with mlflow.start_run(run_id=unfinished, experiment_id=experiment_id, run_name=run_name) as run:
         if unfinished is None:
             tracking.log_training_inputs(spec, manifest, dataset_dir, hp, num_workers, use_gpu, seed, runtime)
+        started = time.perf_counter()  # the "fit" phase: building the trainer (its datasets), then fit()
         trainer = make_trainer(
             spec,
             manifest,
@@ -406,7 +407,6 @@ def run_training(
             compile_model=compile_model,
             settings=settings,
         )
-        started = time.perf_counter()
         result = trainer.fit()
         phases = {"fit": time.perf_counter() - started}
         best = result.get_best_checkpoint(metric=f"val_{spec.metric}", mode="max" if spec.higher_is_better else "min")

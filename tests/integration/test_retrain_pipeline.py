@@ -6,6 +6,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import ray
+from ray.util.state import list_actors
 
 from flows.promote import promote
 from flows.retrain import DEFAULT_MODELS, retrain
@@ -71,6 +73,13 @@ def test_training_run_records_params_epochs_lineage_and_plots(first_run, client)
         assert plots == {f"plots/{name}.png" for name in PLOTS[key]}
 
 
+def test_a_local_ray_trains_without_the_preemption_watcher(first_run):
+    """One machine has no node to drain: its trainings skip the watcher's actor (ray_jobs.cluster)."""
+    started = {actor.class_name for actor in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)}
+    assert {"TrainController", "RayTrainWorker"} <= started  # the State API does list the trainings' actors
+    assert "PreemptionWatcher" not in started
+
+
 def test_models_learned_something(first_run, client):
     cnn, regressor = (client.get_run(row["run_id"]).data.metrics for row in first_run)
     assert cnn["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
@@ -105,9 +114,10 @@ def test_worse_challenger_is_refused_and_champion_stays(first_run, client, key):
 
 
 def test_second_retrain_reuses_data_and_lets_the_gate_decide(first_run, client):
-    # One model keeps CI short: both take the same path, and test_promotion covers the gate's cases.
+    # One model on one worker keeps CI short: both take the same path, test_promotion covers the gate's
+    # cases, and the first retrain the two workers.
     key = "diamonds-regressor"
-    second = retrain(models=[key], epochs=EPOCHS, limit_rows=LIMIT_ROWS)
+    second = retrain(models=[key], epochs=EPOCHS, limit_rows=LIMIT_ROWS, num_workers=1)
     first = [row for row in first_run if row["model"] == SPECS[key].registered_name]
     assert len(second) == len(first) == 1
     for before, after in zip(first, second):
