@@ -1,13 +1,15 @@
 """End-to-end ``make run`` split by stage: where the time of a retrain goes.
 
-Each repeat runs ``make run`` (warm virtualenv) on a fresh state directory, as a new user's first
-run does: both datasets prepared, both models trained, registered, gated and smoke-tested. Its
-wall time is measured from outside, then split with what the run itself recorded:
+Each repeat runs ``make run``'s retrain (``python -m flows.retrain``, warm virtualenv) in a child
+process on a fresh state directory, as a new user's first run does: both datasets prepared, both
+models trained, registered, gated and smoke-tested. Its wall time runs from the child's start to
+the retrain's return, then is split with what the run itself recorded:
 
 - **data prep**: the ``prepare-*`` flow runs (Prefect's time in Running);
-- **training**: Ray Train's ``fit()`` plus scoring the test split and the plots (the MLflow
-  metrics ``phase_fit_seconds`` and ``phase_evaluate_seconds`` of each training run); Ray Train's
-  fixed start-up (``startup_seconds``) is part of it and shown alone;
+- **training**: building the ``TorchTrainer`` (its Ray datasets) and its ``fit()``, plus scoring
+  the test split and the plots (the MLflow metrics ``phase_fit_seconds`` and
+  ``phase_evaluate_seconds`` of each training run); Ray Train's fixed start-up
+  (``startup_seconds``) is part of it and shown alone;
 - **registration**: logging the model with its ONNX export and registering it (``phase_register_seconds``);
 - **promotion**: the ``promote`` flow runs; **inference**: the ``smoke-inference`` task runs;
 - **orchestration overhead**: the wall time minus all of the above. It is everything that is not
@@ -37,11 +39,22 @@ from benchmarks import report
 ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_TARGET = 0.25  # orchestration overhead at most this share of the wall time
 ACCURACY_TARGET = 0.99  # the CNN's test accuracy after `make run`
-# CI's quick mode: the whole pipeline on the small model only (a CNN training adds ~30 s of start-up), one worker.
-QUICK_RETRAIN = (
-    "from flows.retrain import retrain; "
-    "retrain(models=['diamonds-regressor'], limit_rows=2000, epochs=2, num_workers=1)"
-)
+# The retrain each repeat runs: `make run`'s (``python -m flows.retrain``: every default), or CI's quick
+# one, the whole pipeline on the small model only (a CNN training adds ~30 s of start-up), one worker.
+FULL_RETRAIN = "retrain()"
+QUICK_RETRAIN = "retrain(models=['diamonds-regressor'], limit_rows=2000, epochs=2, num_workers=1)"
+ENDED, RECORDED = "SKYTRAIN_RETRAIN_ENDED ", "SKYTRAIN_RECORDED "
+# The child runs the retrain, says when it ended, then reads what the run recorded while its Prefect
+# API (the temporary server a process without ``make up`` starts) is still up: a second process
+# would start a second one, ~20 s.
+CHILD = f"""
+import json, time
+from flows.retrain import retrain
+{{retrain}}
+print({ENDED!r}, time.time(), flush=True)
+from benchmarks.pipeline import recorded
+print({RECORDED!r} + json.dumps(recorded()), flush=True)
+"""
 STAGES = ("data_prep", "training", "registration", "promotion", "inference")
 
 
@@ -54,32 +67,22 @@ def child_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_once(state_dir: Path, quick: bool) -> tuple[float, float]:
-    """Wall seconds and start (epoch seconds) of one retrain on ``state_dir``: ``make run``, or the quick one."""
-    env = child_env(state_dir)
-    command = [sys.executable, "-c", QUICK_RETRAIN] if quick else ["make", "--no-print-directory", "run"]
+def run_once(state_dir: Path, quick: bool) -> tuple[float, float, dict]:
+    """One retrain on ``state_dir`` (``make run``'s, or the quick one) in a child process: its wall
+    seconds, its start (epoch seconds) and what it recorded."""
+    command = [sys.executable, "-c", CHILD.format(retrain=QUICK_RETRAIN if quick else FULL_RETRAIN)]
     log = state_dir.parent / f"{state_dir.name}.log"
     started = time.time()
     with log.open("w") as out:
-        finished = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    wall = time.time() - started
+        finished = subprocess.run(
+            command, cwd=ROOT, env=child_env(state_dir), stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     if finished.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({finished.returncode}); its output is in {log}")
-    return wall, started
-
-
-def collect(state_dir: Path) -> dict:
-    """What the run on ``state_dir`` recorded, read in a child process pointed at that state."""
-    env = child_env(state_dir)
-    output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pipeline", "--collect"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+        raise RuntimeError(f"the retrain failed ({finished.returncode}); its output is in {log}")
+    lines = log.read_text().splitlines()
+    (ended,) = [float(line.removeprefix(ENDED)) for line in lines if line.startswith(ENDED)]
+    (stages,) = [json.loads(line.removeprefix(RECORDED)) for line in lines if line.startswith(RECORDED)]
+    return ended - started, started, stages
 
 
 def recorded() -> dict:
@@ -143,18 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, help="runs, each on a fresh state directory (default 3; quick 1)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<date>-pipeline.json)")
-    parser.add_argument("--collect", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.collect:
-        print(json.dumps(recorded()))
-        return
     repeats = args.repeats or (1 if args.quick else 3)
     workdir = Path(tempfile.mkdtemp(prefix="skytrain-bench-pipeline-"))
     runs = []
     for repeat in range(repeats):
         state_dir = workdir / f"run-{repeat}"
-        wall, started = run_once(state_dir, args.quick)
-        runs.append(split(wall, started, collect(state_dir)))
+        runs.append(split(*run_once(state_dir, args.quick)))
         print(format_run(runs[-1]), flush=True)
     summary = {
         key: {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -19,7 +19,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
-from ray_jobs import onnx_model, plots
+from ray_jobs import onnx_model
 from ray_jobs.models import ModelSpec
 from ray_jobs.settings import Settings
 
@@ -174,6 +174,8 @@ def log_results(
     spec: ModelSpec, test_metrics: dict, features: np.ndarray, target: np.ndarray, output: np.ndarray, best_epoch: int
 ) -> None:
     """Test metrics and the plots a reviewer looks at first."""
+    from ray_jobs import plots  # matplotlib (~1 s to import) only where plots are drawn: not in Ray Train's workers
+
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
     mlflow.log_metrics({**test_metrics, "best_epoch": best_epoch})
     history = {

@@ -40,8 +40,10 @@ class RunningPlatform:
             "SKYTRAIN_PREFECT_PORT": str(prefect_port),
             "SKYTRAIN_MLFLOW_PORT": str(mlflow_port),
             "SKYTRAIN_POSTGRES_PORT": str(postgres_port),
-            # New deployments get their scheduled runs on the scheduler's next loop (60 s by default).
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            # No scheduler service: the nightly schedule would have the worker start a full retrain of
+            # both models (15 epochs) in a session that spans 03:00 UTC, as it did in CI on 2026-11-23.
+            # The schedule test asks the API to schedule the runs instead (the service's own call).
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker looks for new runs every 2 s (default 10)
             **env,
         }
@@ -104,6 +106,17 @@ class RunningPlatform:
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
         }
         return self.api.post("/flow_runs/filter", json=body).json()
+
+    def schedule_runs(self, deployment_id: str, runs: int) -> list[dict]:
+        """Has the API create the next ``runs`` runs of the deployment's active schedules (what
+        Prefect's scheduler service does on each loop; the test platforms run without it); those runs."""
+        response = self.api.post(f"/deployments/{deployment_id}/schedule", json={"min_runs": runs, "max_runs": runs})
+        assert response.status_code < 300, response.text
+        return self.scheduled_runs(deployment_id)
+
+    def delete_run(self, run_id: str) -> None:
+        response = self.api.delete(f"/flow_runs/{run_id}")
+        assert response.status_code < 300, response.text
 
     def pids(self) -> dict[str, int]:
         """The PIDs ``up`` recorded, by service."""

@@ -16,8 +16,8 @@ def test_scaling_quick_mode_reports_each_fraction_against_linear(tmp_path, state
     scaling.main(["--quick", "--output", str(output)])
     (row,) = json.loads(output.read_text())["results"]
     fractions = row["by_fraction"]
-    assert list(fractions) == ["0.25", "0.5", "1.0"]
-    assert [fractions[f]["rows"] for f in fractions] == [500, 1000, 2000]  # training rows of each version
+    assert list(fractions) == ["0.5", "1.0"]
+    assert [fractions[f]["rows"] for f in fractions] == [1000, 2000]  # training rows of each version
     assert row["workers"] == 1
     for fraction, measured in fractions.items():
         expected = measured["median_s"] / (float(fraction) * fractions["1.0"]["median_s"])

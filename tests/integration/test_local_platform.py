@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
@@ -47,15 +46,18 @@ def test_up_twice_is_safe_and_status_says_what_runs(platform):
 
 def test_the_schedule_creates_future_runs_at_three_utc(platform):
     retrain = platform.deployment("retrain", "retrain")
-    runs = []
-    for _ in range(60):  # the scheduler service loops every 5 s here
-        if runs := platform.scheduled_runs(retrain["id"]):
-            break
-        time.sleep(1)
-    assert runs, "the scheduler created no run for the nightly schedule"
-    for run in runs:
-        start = dt.datetime.fromisoformat(run["expected_start_time"]).astimezone(dt.UTC)
-        assert (start.hour, start.minute) == (3, 0) and start > dt.datetime.now(dt.UTC)
+    assert platform.scheduled_runs(retrain["id"]) == []  # the test platforms run no scheduler service
+    runs = platform.schedule_runs(retrain["id"], 3)
+    try:
+        assert len(runs) == 3, "the nightly schedule gave no runs"
+        starts = sorted(dt.datetime.fromisoformat(run["expected_start_time"]).astimezone(dt.UTC) for run in runs)
+        for start in starts:
+            assert (start.hour, start.minute) == (3, 0) and start > dt.datetime.now(dt.UTC)
+        assert [b - a for a, b in zip(starts, starts[1:])] == [dt.timedelta(days=1)] * 2  # nightly
+        assert all(run["work_pool_name"] == "skytrain-local" for run in runs)
+    finally:  # none of them may start while the session runs
+        for run in runs:
+            platform.delete_run(run["id"])
 
 
 def test_a_bad_parameter_is_refused_before_a_run_exists(platform):
