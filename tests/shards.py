@@ -6,10 +6,10 @@ The suite is cut in two shards of test files, each a plain pytest session with i
 (its own local Ray, Prefect API, moto server, state directory): shard ``servers`` holds the tests
 built around long-running servers (the ``make up`` platform and its UIs, Ray Serve, the cloud
 configs, the fault and load tests, Azurite) and a few short files that even the two out, shard
-``training`` everything else. Measured in a fresh clone on 2 cores (2026-11-23, before those short
-files moved): training 33 min, servers 32 min, 36.6 min for all of ``.ci/run`` with the install.
-The training shard prints as it goes; the servers shard's output follows it. The exit status is the first failure's, and
-"no tests collected" (pytest's 5) is a failure.
+``training`` everything else. Measured in a fresh clone on 2 cores (2026-11-23): training 14.1 min,
+servers 14.7 min, 16.5 min for all of ``.ci/run`` with the install; both cores were 86 % busy on
+average. The training shard prints as it goes; the servers shard's output follows it. The exit
+status is the first failure's, and "no tests collected" (pytest's 5) is a failure.
 
     python -m tests.shards              # both shards (what `make test` runs)
     python -m tests.shards servers      # one of them
