@@ -49,6 +49,7 @@ def test_rows_in_the_signature_shape_or_flat_come_back_as_float32():
         (body({"inputs": [[0.0] * 25 + [True]]}), 422, "inputs\\[0\\]\\[25\\]", "a number.*got true"),
         (body({"inputs": [[0.0] * 25 + [None]]}), 422, "inputs\\[0\\]\\[25\\]", "a number.*got null"),
         (b'{"inputs": [[NaN' + b", 0" * 25 + b"]]}", 422, "inputs", "finite numbers only.*NaN"),
+        (b'{"inputs": [[0' + b", 0" * 24 + b", -Infinity]]}", 422, "inputs", "finite numbers only.*-Infinity"),
         (body({"inputs": [[1e39] + [0.0] * 25]}), 422, "inputs", "within float32's range"),
         (body({"inputs": [[0.0] * 26] * 5}), 413, "inputs", "at most 4 rows per request.*got 5"),
         (b" " * 200_001, 413, "body", "at most 200000 bytes"),
@@ -67,3 +68,14 @@ def test_an_image_of_the_wrong_size_says_both_accepted_shapes():
         PayloadError, match="each row of shape 1x28x28 \\(or 784 numbers flat\\).*got rows of shape 28x28"
     ):
         parse(body({"inputs": np.zeros((2, 28, 28)).tolist()}), IMAGE, **LIMITS)
+
+
+def test_what_the_fast_parser_refuses_gets_the_standard_librarys_answer():
+    """orjson parses bodies first; a number beyond a double's range it refuses, json reads it as
+    infinity, and the body gets the range rule's 422 as before orjson was used."""
+    with pytest.raises(PayloadError, match="within float32's range.*largest is inf") as caught:
+        parse(b'{"inputs": [[1e400' + b", 0" * 25 + b"]]}", ROW, **LIMITS)
+    assert caught.value.status == 422
+    huge = 2**70  # orjson reads it as a float, json as an int: the same row either way
+    rows = parse(f'{{"inputs": [[{huge}{", 0" * 25}]]}}'.encode(), ROW, **LIMITS)
+    assert rows.shape == (1, 26) and rows[0, 0] == np.float32(huge) and not rows[0, 1:].any()
