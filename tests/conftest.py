@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 
 # Before anything imports skytrain: the session's state lives in a temporary directory.
 _SESSION_STATE = Path(tempfile.mkdtemp(prefix="skytrain-tests-"))
+# Removed at exit, after everything that used it (Ray's own exit handler, registered later, runs first).
+atexit.register(shutil.rmtree, _SESSION_STATE, ignore_errors=True)
 os.environ["SKYTRAIN_STATE_DIR"] = str(_SESSION_STATE)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # test Rays bind 127.0.0.1 only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def ray_head():
     finally:
         _stop([psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)])
         head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop(processes: list[psutil.Process]) -> None:
