@@ -101,11 +101,13 @@ class RunningPlatform:
         return self.api.post("/artifacts/filter", json=body).json()
 
     def scheduled_runs(self, deployment_id: str) -> list[dict]:
+        """The deployment's runs its schedules created, still waiting (not the runs made through the
+        API, as the UI's Run form makes them: one may not have been picked up yet)."""
         body = {
             "deployments": {"id": {"any_": [deployment_id]}},
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
         }
-        return self.api.post("/flow_runs/filter", json=body).json()
+        return [run for run in self.api.post("/flow_runs/filter", json=body).json() if run["auto_scheduled"]]
 
     def schedule_runs(self, deployment_id: str, runs: int) -> list[dict]:
         """Has the API create the next ``runs`` runs of the deployment's active schedules (what
