@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import gzip
 import struct
-import zlib
 from collections.abc import Callable
 
 import numpy as np
 
+from flows.datasets import gzipped
 from flows.datasets.validation import DataValidationError, require
 
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 MNIST_FILES = {"train": TRAIN_FILES, "test": TEST_FILES}
 
-GZIP_MAGIC = b"\x1f\x8b"
 PREFIX = 4  # 2 zero bytes, type code, number of dimensions
 # type code -> big-endian dtype of the values
 TYPES: dict[int, np.dtype] = {
@@ -55,11 +54,11 @@ def _known_types() -> str:
 def _decompress(raw: bytes, file: str) -> bytes:
     """Gunzip ``raw`` when it starts with the gzip magic; otherwise return it unchanged."""
     require(len(raw) > 0, file, "file", "not empty", "the file has 0 bytes")
-    if not raw.startswith(GZIP_MAGIC):
+    if not raw.startswith(gzipped.MAGIC):
         return raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
+        return gzipped.decompress(raw)
+    except gzipped.ERRORS as exc:
         raise DataValidationError(
             file, "file", "readable gzip stream", f"{type(exc).__name__}: {exc} ({len(raw)} compressed bytes)"
         ) from exc
@@ -132,7 +131,8 @@ def decode(raw: bytes, file: str) -> np.ndarray:
     offset = PREFIX + 4 * len(shape)
     _check_payload(len(data) - offset, dtype, shape, file)
     values = np.frombuffer(data, dtype=dtype, offset=offset)
-    return values.astype(dtype.newbyteorder("=")).reshape(shape)
+    # Single bytes have no byte order: uint8 and int8 stay a view of ``data`` (read-only), not a copy.
+    return values.astype(dtype.newbyteorder("="), copy=dtype.itemsize > 1).reshape(shape)
 
 
 def encode(array: np.ndarray, *, compress: bool = True) -> bytes:
@@ -211,5 +211,7 @@ def mnist_splits(read: Callable[[str], bytes], location: str) -> dict[str, tuple
         _check_images(images, split, images_file)
         labels = _read(read, labels_name, labels_file)
         _check_labels(labels, images, split, labels_file)
-        splits[split] = (images.astype(np.float32) / np.float32(PIXEL_SCALE), labels.astype(np.int64))
+        # One float32 array (x * 2**-8 is exactly x / 256), not a float copy then a divided one.
+        pixels = np.multiply(images, np.float32(1 / PIXEL_SCALE), dtype=np.float32)
+        splits[split] = (pixels, labels.astype(np.int64))
     return splits

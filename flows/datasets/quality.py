@@ -107,28 +107,37 @@ class Report:
         return "\n".join(lines)
 
 
-def duplicate_count(rows: np.ndarray) -> int:
-    """How many rows repeat an earlier identical row.
+def duplicate_count(features: np.ndarray, target: np.ndarray | None = None) -> int:
+    """How many rows (``features`` with their ``target``, if given) repeat an earlier identical row.
 
-    Rows are first grouped by two random projections (one matrix product instead of sorting whole
-    rows); only rows that share a projection are compared value by value.
+    Rows are first grouped by two random projections of the features and the target (one matrix
+    product instead of sorting whole rows, and no copy of the features); only rows that share a
+    group are compared value by value.
     """
-    flat = rows.reshape(len(rows), -1)
+    flat = features.reshape(len(features), -1)
     weights = np.random.default_rng(0).standard_normal((flat.shape[1], 2)).astype(flat.dtype, copy=False)
     keys = flat @ weights if flat.dtype.kind == "f" else flat.astype(np.float64) @ weights
+    if target is not None:
+        keys = np.column_stack([keys, target.reshape(len(flat), -1).astype(np.float64)])
     _, group, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     duplicates = 0
     for candidate in np.flatnonzero(sizes > 1):
-        members = flat[group.reshape(-1) == candidate]
-        duplicates += len(members) - len(np.unique(members, axis=0))
+        members = order[starts[candidate] : starts[candidate + 1]]
+        rows = flat[members]
+        if target is not None:
+            rows = np.column_stack([rows.astype(np.float64), target.reshape(len(flat), -1)[members]])
+        duplicates += len(rows) - len(np.unique(rows, axis=0))
     return duplicates
 
 
 def duplicate_rows(report: Report, features: np.ndarray, target: np.ndarray, max_fraction: float) -> None:
     """Identical (features, target) rows: a warning, a failure above ``max_fraction`` of the rows."""
-    rows = np.column_stack([features.reshape(len(features), -1), target.reshape(-1, 1).astype(features.dtype)])
-    duplicates = duplicate_count(rows)
-    fraction = duplicates / max(len(rows), 1)
+    duplicates = duplicate_count(features, target)
+    rows = len(features)
+    fraction = duplicates / max(rows, 1)
     if duplicates == 0:
         report.check(True, "rows", "no duplicate rows", count=0)
     else:
@@ -137,7 +146,7 @@ def duplicate_rows(report: Report, features: np.ndarray, target: np.ndarray, max
             "rows",
             f"duplicate rows at most {max_fraction:.0%} of the rows",
             count=duplicates,
-            detail=f"{duplicates} duplicate row(s), {fraction:.2%} of {len(rows)}",
+            detail=f"{duplicates} duplicate row(s), {fraction:.2%} of {rows}",
             warn=fraction <= max_fraction,
         )
 
@@ -156,14 +165,27 @@ def class_balance(report: Report, labels: np.ndarray, classes: int, min_share: f
     )
 
 
-def profile(features: np.ndarray, target: np.ndarray, names: list[str], task: str) -> dict[str, Any]:
-    """What the next version's drift checks compare with: per-feature mean/std, the label distribution
-    (class shares, or the target's percentiles 0..100)."""
+def column_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature (column of the flattened rows): the mean and the mean of the squares, in float64."""
     flat = features.reshape(len(features), -1)
     mean = flat.sum(axis=0, dtype=np.float64) / max(len(flat), 1)
     squares = np.einsum("ij,ij->j", flat, flat, dtype=np.float64) / max(len(flat), 1)
+    return mean, squares
+
+
+def profile(
+    features: np.ndarray,
+    target: np.ndarray,
+    names: list[str],
+    task: str,
+    moments: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """What the next version's drift checks compare with: per-feature mean/std, the label distribution
+    (class shares, or the target's percentiles 0..100). ``moments``: ``column_moments(features)``
+    when the caller has them already."""
+    mean, squares = moments if moments is not None else column_moments(features)
     result: dict[str, Any] = {
-        "rows": len(flat),
+        "rows": len(features),
         "features": names,
         "mean": mean.round(6).tolist(),
         "std": np.sqrt(np.maximum(squares - mean**2, 0.0)).round(6).tolist(),

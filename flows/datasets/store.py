@@ -88,10 +88,24 @@ def write_version(
     return _write_local(Path(version_dir(store, dataset, version)), splits, manifest, replace)
 
 
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: the scalar ones.
+
+    A tensor column (a list per row, MNIST's 784 pixels) is written plain: hashing each of its
+    values for a dictionary was most of the write (0.53 s of MNIST's 55k training rows, 0.35 s
+    plain) and made reading slower too; the files are about twice as big (27 MB instead of 13).
+    """
+    return [field.name for field in table.schema if not pa.types.is_nested(field.type)]
+
+
 def _write_splits(splits: dict[str, pa.Table], where, **options: Any) -> None:
     """Each split to its Parquet file, the files at once (Arrow encodes without holding the GIL)."""
     with ThreadPoolExecutor(max_workers=len(splits) or 1) as pool:
-        for done in [pool.submit(pq.write_table, table, where(name), **options) for name, table in splits.items()]:
+        writes = [
+            pool.submit(pq.write_table, table, where(name), use_dictionary=dictionary_columns(table), **options)
+            for name, table in splits.items()
+        ]
+        for done in writes:
             done.result()
 
 

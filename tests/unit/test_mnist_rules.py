@@ -113,3 +113,20 @@ def test_val_size_must_fit():
     splits = _source(10)
     with pytest.raises(ValueError, match="val_size"):
         mnist.transform(splits, seed=1, val_size=15)
+
+
+@pytest.mark.parametrize("chunk", [7, 2048])
+def test_gather_is_the_concatenation_indexed(chunk):
+    parts = [np.arange(12 * 3, dtype=np.float32).reshape(12, 3), -np.arange(5 * 3, dtype=np.float32).reshape(5, 3)]
+    index = np.random.default_rng(0).permutation(17)
+    np.testing.assert_array_equal(mnist._gather(parts, index, chunk=chunk), np.concatenate(parts)[index])
+
+
+def test_shuffled_train_is_the_official_train_set_in_seeded_order():
+    splits = _source(100)
+    images, labels = mnist.shuffled_train(splits, seed=3)
+    order = np.random.default_rng(3).permutation(150)
+    np.testing.assert_array_equal(images, np.concatenate([splits["train"][0], splits["valid"][0]])[order])
+    np.testing.assert_array_equal(labels, np.concatenate([splits["train"][1], splits["valid"][1]])[order])
+    tables, _ = mnist.transform(splits, seed=3, val_size=30)  # val is the first 30 of that order
+    np.testing.assert_array_equal(tables["val"].column("label").to_numpy(), labels[:30])

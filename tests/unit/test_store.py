@@ -45,7 +45,7 @@ def test_write_publishes_a_complete_version(tmp_path):
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     calls = []
 
-    def fail_on_second(table, where):
+    def fail_on_second(table, where, **options):
         calls.append(where)
         if len(calls) == 2:
             raise OSError("disk full")
@@ -77,3 +77,17 @@ def test_rewriting_an_existing_version_keeps_the_first(tmp_path):
     store.write_version(tmp_path, "toy", "v1", _tables(), {"note": "second"})
     assert read_manifest(first)["note"] == "first"
     assert [p.name for p in (tmp_path / "toy").iterdir()] == ["v1"]
+
+
+def test_tensor_columns_are_written_without_a_dictionary(tmp_path):
+    import pyarrow.parquet as pq
+
+    pixels = pa.array([0.0, 0.5] * 8, pa.float32())
+    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pixels, 4), "label": [0, 1, 0, 1]})
+    assert store.dictionary_columns(table) == ["label"]
+    path = Path(store.write_version(tmp_path, "toy", "v1", {"train": table}, {"task": "classification"}))
+    chunks = pq.ParquetFile(path / "train.parquet").metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(chunks.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["image.list.element"]
+    assert "RLE_DICTIONARY" in encodings["label"]
+    assert pq.read_table(path / "train.parquet").equals(table)
