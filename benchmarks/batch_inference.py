@@ -53,9 +53,9 @@ from flows.batch_inference import DEFAULT_BATCH_SIZE  # noqa: E402
 from ray_jobs import batch_predict, tracking  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
-from ray_jobs.inference import Scoring  # noqa: E402
 from ray_jobs.models import build_model, spec_for  # noqa: E402
 from ray_jobs.onnx_model import OnnxPredictor  # noqa: E402
+from ray_jobs.scoring import Scoring  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams  # noqa: E402
 

@@ -24,8 +24,9 @@ from flows.parameters import ModelName, RegisteredVersion, described
 from flows.registry import CHAMPION, REGISTRY_TIMEOUT_SECONDS
 from ray_jobs import batch_predict
 from ray_jobs.cluster import ray_session
-from ray_jobs.inference import Scoring, resolve_version, training_manifest
+from ray_jobs.inference import resolve_version, training_manifest
 from ray_jobs.models import spec_for
+from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 
 DEFAULT_BATCH_SIZE = 512

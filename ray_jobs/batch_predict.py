@@ -33,7 +33,6 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -42,7 +41,8 @@ import pyarrow.parquet as pq
 import ray
 
 from ray_jobs import storage
-from ray_jobs.inference import Scoring, load_predictor, outputs
+from ray_jobs.batch_scorer import Scorer, _numeric, _text
+from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 from ray_jobs.storage import parquet_reader_v1
 
@@ -53,7 +53,6 @@ IDX_HEADER = 16  # the magic and three big-endian uint32 sizes
 READ_CPUS = 0.25  # per Ray Data read task, as for training's reads
 FIRST_REJECTIONS = 5
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group written (batches are far smaller)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class BadInputError(ValueError):
@@ -133,16 +132,17 @@ def idx_dataset(location: str, scoring: Scoring, batch_size: int) -> tuple[ray.d
 
 
 def parquet_dataset(location: str, scoring: Scoring, batch_size: int) -> tuple[ray.data.Dataset, int]:
-    """A Parquet file or folder as a dataset of its feature columns (one block per batch), and its row count."""
+    """A Parquet file or folder as a dataset of its feature columns, and its row count."""
     filesystem, path = storage.resolve(location)
     files = pads.dataset(path, filesystem=filesystem, format="parquet")
     check_schema(files.schema, location, scoring)
     # The files in pyarrow's order, sorted: a row's position is its position in that sequence.
     with parquet_reader_v1():
         dataset = ray.data.read_parquet(files.files, filesystem=filesystem, num_cpus=READ_CPUS)
-    dataset = dataset.select_columns(scoring.manifest["feature_columns"])
-    # A file with one row group is read as one block, which a single actor would score alone.
-    return dataset.repartition(target_num_rows_per_block=batch_size), files.count_rows()
+    # No repartition: Ray Data splits what a read task returns into blocks for its parallelism
+    # already (a 10,000-row file with one row group arrives as 30 blocks), and a repartition step
+    # waits for a CPU the actors hold: it made a 10,000-row run 3 s slower.
+    return dataset.select_columns(scoring.manifest["feature_columns"]), files.count_rows()
 
 
 def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
@@ -158,100 +158,6 @@ def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
             ok, rule = _numeric(kind) or _text(kind), "numbers (or strings of numbers) castable to float32"
         if not ok:
             raise BadInputError(location, name, rule, f"type {kind}")
-
-
-def _numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
-
-
-def _text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-# --- row checks and scoring (in the actors) -----------------------------------------------------
-
-
-def _reject(reasons: np.ndarray, rows: np.ndarray, reason: str) -> None:
-    """Give ``rows`` this reason unless an earlier rule rejected them: a row keeps its first reason."""
-    reasons[np.asarray(rows) & (reasons == None)] = reason  # noqa: E711 (element-wise)
-
-
-def _numbers(array: pa.Array) -> np.ndarray:
-    """Numeric values as a float array, NaN where null (float32 stays float32: no copy)."""
-    if not pa.types.is_floating(array.type):
-        array = pc.cast(array, pa.float64())
-    return array.to_numpy(zero_copy_only=False)
-
-
-def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
-    """Reject the rows (axis 0) holding a NaN or infinite value, or a value float32 cannot hold."""
-
-    def rows(mask: np.ndarray) -> np.ndarray:
-        return mask if mask.ndim == 1 else mask.any(axis=1)
-
-    _reject(reasons, rows(~np.isfinite(values)), f"column '{column}' holds a NaN or infinite value")
-    if values.dtype != np.float32:
-        _reject(reasons, rows(np.abs(values) > FLOAT32_MAX), f"column '{column}' is beyond float32's range")
-
-
-def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
-    _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
-    if _text(array.type):
-        values = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
-        _reject(reasons, np.isnan(values), f"column '{column}' is not a number")
-    else:
-        values = _numbers(array)
-    _check_values(values, column, reasons)
-    return values
-
-
-def _tensor_column(lists: pa.Array, column: str, size: int, reasons: np.ndarray) -> np.ndarray:
-    _reject(reasons, lists.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
-    lengths = pc.list_value_length(lists).fill_null(size).to_numpy(zero_copy_only=False)
-    _reject(reasons, lengths != size, f"column '{column}' does not hold {size} values")
-    kept = reasons == None  # noqa: E711
-    flat = (lists if kept.all() else lists.filter(pa.array(kept))).flatten()
-    numbers = _numbers(flat).reshape(-1, size)
-    if flat.null_count:
-        missing = np.zeros(len(kept), bool)
-        missing[kept] = flat.is_null().to_numpy(zero_copy_only=False).reshape(-1, size).any(axis=1)
-        _reject(reasons, missing, f"column '{column}' holds a missing value")
-    if kept.all():
-        values = numbers
-    else:  # rejected rows stay NaN: never scored
-        values = np.full((len(kept), size), np.nan, numbers.dtype)
-        values[kept] = numbers
-    _check_values(values, column, reasons)
-    return values
-
-
-def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
-    """Features of the valid rows (float32, shaped for the model) and each row's reason (None: valid)."""
-    reasons = np.full(batch.num_rows, None, dtype=object)
-    if (column := scoring.tensor_column) is not None:
-        size = int(np.prod(scoring.feature_shape))
-        values = _tensor_column(batch.column(column).combine_chunks(), column, size, reasons)
-    else:
-        columns = scoring.manifest["feature_columns"]
-        values = np.empty((batch.num_rows, len(columns)))
-        for j, name in enumerate(columns):
-            values[:, j] = _scalar_column(batch.column(name).combine_chunks(), name, reasons)
-    valid = reasons == None  # noqa: E711
-    features = values if valid.all() else values[valid]
-    # Writable: Arrow's buffers are read-only, and torch will not take a read-only array silently.
-    return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
-
-
-class Scorer:
-    """One actor of the pool: loads the model version once, then checks and scores batches."""
-
-    def __init__(self, scoring: Scoring, threads: int) -> None:
-        self.scoring = scoring
-        self.predict = load_predictor(scoring, threads)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        features, reasons = validate(batch, self.scoring)
-        return outputs(self.predict(features), reasons, self.scoring)
 
 
 def actor_pool(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
@@ -374,9 +280,12 @@ def predict(
     if logging.getLevelName(settings.ray_log_level) > logging.INFO:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+    # ONNX: the export is fetched here once and handed to every actor, which then imports onnxruntime
+    # and nothing heavier (an actor importing MLflow and PyTorch took 3 s more to start).
+    onnx_model = scoring.onnx_export() if scoring.runtime == "onnx" else None
     scored = dataset.map_batches(
         Scorer,
-        fn_constructor_args=(scoring, threads),
+        fn_constructor_args=(scoring, threads, onnx_model),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -18,11 +18,12 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 ARTIFACT_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -38,6 +39,8 @@ class OnnxExportError(RuntimeError):
 
 def export(model: torch.nn.Module, example: np.ndarray, path: Path) -> None:
     """Write ``model`` as ONNX to ``path``, input ``input`` with a dynamic batch axis, output ``output``."""
+    import torch
+
     # The exporter's chatter: its progress lines, and one warning per torchvision op it cannot find.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     model = model.eval()
@@ -73,19 +76,22 @@ def providers(requested: list[str] | None = None) -> list[str]:
     return [name for name in PREFERRED_PROVIDERS if name in available]
 
 
-def session(path: str | Path, threads: int = 1, requested: list[str] | None = None):
-    """An onnxruntime session on the file, ``threads`` intra-op threads on the CPU."""
+def session(model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None):
+    """An onnxruntime session on the file (or its bytes), ``threads`` intra-op threads on the CPU."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers(requested))
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, sess_options=options, providers=providers(requested))
 
 
 def compare(path: Path, model: torch.nn.Module, rows: np.ndarray) -> dict[str, Any]:
     """Run the export and the model on ``rows``: the largest differences and whether they are in tolerance."""
+    import torch
+
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(np.ascontiguousarray(rows))).numpy()
     predictor = OnnxPredictor(path)
@@ -109,6 +115,8 @@ def export_and_log(model: torch.nn.Module, example: np.ndarray, rows: np.ndarray
 
     Raises ``OnnxExportError`` when the export fails or disagrees with PyTorch beyond the tolerance.
     """
+    import mlflow
+
     with tempfile.TemporaryDirectory(prefix="skytrain-onnx-") as directory:
         path = Path(directory) / MODEL_FILE
         try:
@@ -137,10 +145,14 @@ def version_tags(check: dict[str, Any]) -> dict[str, str]:
 
 
 class OnnxPredictor:
-    """A model version's ONNX export under onnxruntime: float32 rows in, the model's output out."""
+    """A model version's ONNX export under onnxruntime: float32 rows in, the model's output out.
 
-    def __init__(self, path: str | Path, threads: int = 1, requested: list[str] | None = None) -> None:
-        self.session = session(path, threads, requested)
+    Needs onnxruntime only (this module imports MLflow and PyTorch where it exports or downloads):
+    batch inference's actors build one from the export's bytes.
+    """
+
+    def __init__(self, model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None) -> None:
+        self.session = session(model, threads, requested)
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
 
@@ -149,15 +161,22 @@ class OnnxPredictor:
 
     @classmethod
     def of_run(cls, run_id: str, tracking_uri: str, threads: int = 1, requested: list[str] | None = None):
-        """The export logged to training run ``run_id`` (downloaded to a temporary file first)."""
-        with tempfile.TemporaryDirectory(prefix="skytrain-onnx-") as directory:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=directory, tracking_uri=tracking_uri
-                )
-            except Exception as error:
-                raise FileNotFoundError(
-                    f"run {run_id} has no ONNX export ({ARTIFACT_PATH}); it was registered before skytrain "
-                    "exported ONNX: set SKYTRAIN_INFERENCE_RUNTIME=torch or register a new version"
-                ) from error
-            return cls(path, threads, requested)  # the session holds the model in memory
+        """The export logged to training run ``run_id``."""
+        return cls(export_bytes(run_id, tracking_uri), threads, requested)  # the session holds the model
+
+
+def export_bytes(run_id: str, tracking_uri: str) -> bytes:
+    """The ONNX export logged to training run ``run_id``, read through a temporary file."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="skytrain-onnx-") as directory:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=directory, tracking_uri=tracking_uri
+            )
+        except Exception as error:
+            raise FileNotFoundError(
+                f"run {run_id} has no ONNX export ({ARTIFACT_PATH}); it was registered before skytrain "
+                "exported ONNX: set SKYTRAIN_INFERENCE_RUNTIME=torch or register a new version"
+            ) from error
+        return Path(path).read_bytes()

@@ -40,8 +40,9 @@ from starlette.responses import JSONResponse
 
 from ray_jobs import payload
 from ray_jobs.cluster import ray_session
-from ray_jobs.inference import CHAMPION, Scoring, load_predictor, outputs, training_manifest
+from ray_jobs.inference import CHAMPION, load_predictor, training_manifest
 from ray_jobs.models import SPECS, spec_for
+from ray_jobs.scoring import Scoring, outputs
 from ray_jobs.settings import Settings
 
 logger = logging.getLogger("ray.serve")

@@ -34,8 +34,9 @@ from flows.registry import CHAMPION
 from flows.retrain import smoke_inference
 from flows.rollback import load_check
 from ray_jobs.dataset import read_manifest
-from ray_jobs.inference import Scoring, load_predictor
+from ray_jobs.inference import load_predictor
 from ray_jobs.models import spec_for
+from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 from ray_jobs.tracking import PIP_REQUIREMENTS
 from tests.registered import least_squares, register, small_diamonds

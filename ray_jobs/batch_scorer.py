@@ -1,0 +1,122 @@
+"""What runs in batch inference's actors: each row checked, the valid ones scored.
+
+A row with a null, NaN or infinite value, a value beyond float32's range, a string that is not a
+number or an image of the wrong length is rejected with its reason instead of scored. This module
+imports numpy and Arrow only: an actor's start-up is the import of what it runs, and the ONNX
+runtime needs neither MLflow nor PyTorch (``Scorer``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_jobs.scoring import Scoring, outputs
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _reject(reasons: np.ndarray, rows: np.ndarray, reason: str) -> None:
+    """Give ``rows`` this reason unless an earlier rule rejected them: a row keeps its first reason."""
+    reasons[np.asarray(rows) & (reasons == None)] = reason  # noqa: E711 (element-wise)
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """Numeric values as a float array, NaN where null (float32 stays float32: no copy)."""
+    if not pa.types.is_floating(array.type):
+        array = pc.cast(array, pa.float64())
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
+    """Reject the rows (axis 0) holding a NaN or infinite value, or a value float32 cannot hold."""
+
+    def rows(mask: np.ndarray) -> np.ndarray:
+        return mask if mask.ndim == 1 else mask.any(axis=1)
+
+    _reject(reasons, rows(~np.isfinite(values)), f"column '{column}' holds a NaN or infinite value")
+    if values.dtype != np.float32:
+        _reject(reasons, rows(np.abs(values) > FLOAT32_MAX), f"column '{column}' is beyond float32's range")
+
+
+def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
+    _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    if _text(array.type):
+        import pandas as pd  # only for text columns: the actors start without it
+
+        values = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+        _reject(reasons, np.isnan(values), f"column '{column}' is not a number")
+    else:
+        values = _numbers(array)
+    _check_values(values, column, reasons)
+    return values
+
+
+def _tensor_column(lists: pa.Array, column: str, size: int, reasons: np.ndarray) -> np.ndarray:
+    _reject(reasons, lists.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    lengths = pc.list_value_length(lists).fill_null(size).to_numpy(zero_copy_only=False)
+    _reject(reasons, lengths != size, f"column '{column}' does not hold {size} values")
+    kept = reasons == None  # noqa: E711
+    flat = (lists if kept.all() else lists.filter(pa.array(kept))).flatten()
+    numbers = _numbers(flat).reshape(-1, size)
+    if flat.null_count:
+        missing = np.zeros(len(kept), bool)
+        missing[kept] = flat.is_null().to_numpy(zero_copy_only=False).reshape(-1, size).any(axis=1)
+        _reject(reasons, missing, f"column '{column}' holds a missing value")
+    if kept.all():
+        values = numbers
+    else:  # rejected rows stay NaN: never scored
+        values = np.full((len(kept), size), np.nan, numbers.dtype)
+        values[kept] = numbers
+    _check_values(values, column, reasons)
+    return values
+
+
+def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the valid rows (float32, shaped for the model) and each row's reason (None: valid)."""
+    reasons = np.full(batch.num_rows, None, dtype=object)
+    if (column := scoring.tensor_column) is not None:
+        size = int(np.prod(scoring.feature_shape))
+        values = _tensor_column(batch.column(column).combine_chunks(), column, size, reasons)
+    else:
+        columns = scoring.manifest["feature_columns"]
+        values = np.empty((batch.num_rows, len(columns)))
+        for j, name in enumerate(columns):
+            values[:, j] = _scalar_column(batch.column(name).combine_chunks(), name, reasons)
+    valid = reasons == None  # noqa: E711
+    features = values if valid.all() else values[valid]
+    # Writable: Arrow's buffers are read-only, and torch will not take a read-only array silently.
+    return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
+
+
+class Scorer:
+    """One actor of the pool: loads the model version once, then checks and scores batches.
+
+    ``onnx_model``: the version's ONNX export, as bytes the driver fetched once; the actor then needs
+    onnxruntime and nothing else (no MLflow, no PyTorch). Without it the PyTorch model is loaded
+    through MLflow.
+    """
+
+    def __init__(self, scoring: Scoring, threads: int, onnx_model: bytes | None = None) -> None:
+        self.scoring = scoring
+        if onnx_model is not None:
+            from ray_jobs.onnx_model import OnnxPredictor
+
+            self.predict = OnnxPredictor(onnx_model, threads, list(scoring.onnx_providers) or None).predict
+        else:
+            from ray_jobs.inference import load_predictor
+
+            self.predict = load_predictor(scoring, threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        features, reasons = validate(batch, self.scoring)
+        return outputs(self.predict(features), reasons, self.scoring)
