@@ -3,8 +3,8 @@
 Same registered model version, same rows (a dataset version's whole test split), same batch size;
 each figure is the best of three passes (one in quick mode), rows per second.
 
-- plain torch: the model loaded once (``mlflow.pytorch.load_model``, as the engine's actors load
-  it), the rows already in memory as one float32 array, ``torch.inference_mode()``; the faster of
+- plain torch: the model loaded once (``mlflow.pytorch.load_model``, as the engine's torch runtime
+  loads it), the rows already in memory as one float32 array, ``torch.inference_mode()``; the faster of
   1 thread and one per core is the baseline.
 - pyfunc: the same loop through ``mlflow.pyfunc``'s ``predict`` (the engine's other way to load a
   model, measured to choose between them).
@@ -12,8 +12,8 @@ each figure is the best of three passes (one in quick mode), rows per second.
   same thread count.
 - engine: ``ray_jobs.batch_predict.predict`` end to end (``--runtime``, default ``auto``: the
   version's ONNX export, as ``batch_inference`` runs it by default), from the Parquet file to the two files
-  written: reading, row checks, the actors' start-up and model loads, scoring, writing; with 1
-  actor and with one per core, the faster compared. Also reported: its start-up (until the first
+  written: reading, row checks, the model loads, scoring, writing; with 1 scoring task at a
+  time and with one per core, the faster compared. Also reported: its start-up (until the first
   scored batch is back in the driver) and its steady pace after that (the other rows over the
   time they took), from the same runs.
 
@@ -90,17 +90,17 @@ def loop_seconds(predict, features: np.ndarray, batch_size: int, threads: int, r
         torch.set_num_threads(previous)
 
 
-def engine(source: Path, scoring: Scoring, batch_size: int, actors: int, repeats: int) -> dict:
-    """End-to-end runs of the engine with ``actors`` actors, each into a new folder; the best one's figures."""
+def engine(source: Path, scoring: Scoring, batch_size: int, workers: int, repeats: int) -> dict:
+    """End-to-end runs, ``workers`` scoring tasks at once, each into a new folder; the best one's figures."""
     runs = []
     for _ in range(repeats):
         output = source.parent / f"predictions-{time.time_ns()}"
         started = time.perf_counter()
-        summary = batch_predict.predict(str(source), str(output), scoring, batch_size=batch_size, concurrency=actors)
+        summary = batch_predict.predict(str(source), str(output), scoring, batch_size=batch_size, concurrency=workers)
         runs.append({**summary, "seconds": time.perf_counter() - started})
     best = min(runs, key=lambda run: run["seconds"])
     return {
-        "actors": best["actors"],
+        "workers": best["workers"],
         "runtime": best["runtime"],
         "rows_per_second": best["rows_in"] / best["seconds"],
         "seconds": [run["seconds"] for run in runs],
@@ -140,8 +140,8 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     else:
         test = pq.read_table(dataset_dir / "test.parquet")
         pq.write_table(pa.concat_tables([test] * args.copies), source, row_group_size=10_000)
-    by_actors = {a: engine(source, scoring, batch_size, a, repeats) for a in args.actors or sorted({1, cpus})}
-    for result in by_actors.values():
+    by_workers = {w: engine(source, scoring, batch_size, w, repeats) for w in args.workers or sorted({1, cpus})}
+    for result in by_workers.values():
         result["ratio"] = result["rows_per_second"] / plain_rps
         steady = result["steady_rows_per_second"]
         result["steady_ratio"] = steady / plain_rps if steady else None
@@ -164,8 +164,8 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
             "threads": threads,
             "providers": onnx.providers,
         },
-        "engine": max(by_actors.values(), key=lambda result: result["rows_per_second"]),  # the faster pool
-        "engine_by_actors": {str(a): result for a, result in by_actors.items()},
+        "engine": max(by_workers.values(), key=lambda result: result["rows_per_second"]),  # the faster
+        "engine_by_workers": {str(w): result for w, result in by_workers.items()},
     }
 
 
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small slices, one repetition (CI)")
     parser.add_argument("--models", nargs="+", default=["mnist-cnn", "diamonds-regressor"])
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--actors", type=int, nargs="+", help="engine actor counts (default: 1 and one per CPU)")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", help="engine scoring tasks at once (default: 1 and one per CPU)"
+    )
     parser.add_argument(
         "--runtime", choices=["auto", "torch", "onnx"], default="auto", help="the engine's (auto: the ONNX export)"
     )
@@ -210,10 +212,10 @@ def format_row(row: dict) -> str:
         f"ONNX export on onnxruntime ({row['onnxruntime']['providers'][0]}): "
         f"{row['onnxruntime']['rows_per_second']:,.0f} rows/s = {row['onnxruntime']['ratio']:.2f}x",
     ]
-    for engine in row["engine_by_actors"].values():
+    for engine in row["engine_by_workers"].values():
         verdict = "meets" if engine["ratio"] >= TARGET else "misses"
         lines.append(
-            f"engine ({engine['runtime']}), {engine['actors']} actor{'s' if engine['actors'] > 1 else ''}, end to end: "
+            f"engine ({engine['runtime']}), {engine['workers']} scoring at once, end to end: "
             f"{engine['rows_per_second']:,.0f} rows/s = {engine['ratio']:.2f}x ({verdict} >= {TARGET}x); "
             f"start-up {engine['startup_seconds']:.1f}s, "
             f"then {engine['steady_rows_per_second'] or 0:,.0f} rows/s = {engine['steady_ratio'] or 0:.2f}x"

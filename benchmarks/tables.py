@@ -147,12 +147,17 @@ def batch_inference(report: dict) -> list[Row]:
     rows = []
     for result in report["results"]:
         plain, onnx, engine = result["plain_torch"], result["onnxruntime"], result["engine"]
+        # Until 2026-11-23 the engine scored in an actor pool ("actors"); since, in tasks ("workers").
+        pool = (
+            f"{engine['actors']} actor{'s' * (engine['actors'] > 1)}"
+            if "actors" in engine
+            else (f"{engine['workers']} scoring at once")
+        )
         baseline = f"plain PyTorch loop: {plain['rows_per_second']:,.0f} rows/s"
         name = f"{result['model']} ({result['rows']:,} rows)"
         rows.append(
             {
-                "figure": f"{name}: `batch_inference` engine end to end ({engine['runtime']}, "
-                f"{engine['actors']} actor{'s' * (engine['actors'] > 1)})",
+                "figure": f"{name}: `batch_inference` engine end to end ({engine['runtime']}, {pool})",
                 "skytrain": f"{engine['rows_per_second']:,.0f} rows/s",
                 "baseline": baseline,
                 "ratio": f"{engine['ratio']:.2f}×",

@@ -4,7 +4,7 @@ The model is ``models:/<name>@champion`` (resolved once: a promotion during the 
 nothing) or the version given. Its input columns and the normalization of raw images come from
 the manifest of the dataset version it was trained on (the version's ``skytrain.dataset_version``
 tag). The work itself is ``ray_jobs/batch_predict.py``: rows checked one by one, valid ones
-scored by a pool of actors, predictions and rejected rows written to Parquet and published only
+scored in Ray Data tasks, predictions and rejected rows written to Parquet and published only
 when the whole input was handled.
 """
 
@@ -55,7 +55,7 @@ ScoreVersion = Annotated[
 ]
 BatchSize = Annotated[int, Field(ge=1, le=1_000_000, description="Rows that go through the model at a time.")]
 Concurrency = Annotated[
-    int | None, Field(ge=1, le=1024, description="Scoring actors; empty: one per CPU of the Ray cluster.")
+    int | None, Field(ge=1, le=1024, description="Scoring tasks at once; empty: one per CPU of the Ray cluster.")
 ]
 
 
@@ -100,7 +100,7 @@ def report(summary: dict[str, Any]) -> str:
         f"| predictions | `{summary['predictions_path']}` |",
         f"| rejected rows | `{summary['rejected_path']}` |",
         f"| time | {summary['seconds']:.1f} s ({summary['rows_per_second']:.0f} rows/s), "
-        f"{summary['actors']} actors, batches of {summary['batch_size']} |",
+        f"{summary['workers']} scoring at once, batches of {summary['batch_size']} |",
     ]
     if summary["first_rejections"]:
         lines += ["", "First rejected rows:", "", "| row | reason |", "|---|---|"]
@@ -125,8 +125,8 @@ def batch_inference(
 
     ``output_path`` (a folder, local or ``s3://``, absent or empty) receives ``predictions.parquet``
     and ``rejected.parquet``; default ``<state_dir>/predictions/<model>/<timestamp>-v<version>``.
-    ``batch_size`` rows go through the model at a time; ``concurrency`` actors score (default: one
-    per CPU of the Ray cluster).
+    ``batch_size`` rows go through the model at a time; ``concurrency`` tasks score at once (default:
+    one per CPU of the Ray cluster).
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)

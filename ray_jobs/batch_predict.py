@@ -5,11 +5,13 @@ columns of the dataset version the model was trained on, encoded as data prep en
 dataset version's ``test.parquet`` is such a file); or, for the CNN, an MNIST IDX3 image file
 (optionally gzipped), normalized here exactly as data prep normalized the training images.
 
-Scoring runs in a fixed pool of actors (``map_batches`` with a callable class), each loading the
-model version once. Every row is checked first; a row with a null, NaN or infinite value, a value
-beyond float32's range, a string that is not a number or an image of the wrong length is rejected
-with its reason instead of scored. Nothing is dropped silently: rows in = rows scored + rows
-rejected, checked against the input's own row count.
+Scoring runs in Ray Data tasks (``map_batches`` with ``batch_scorer.score``), at most
+``concurrency`` at once; each worker process loads the model version once and keeps it for the
+tasks that follow (an actor pool did the same, but started its own processes: 1-2 s more per run
+here, where a task runs in a worker Ray already has). Every row is checked first; a row with a
+null, NaN or infinite value, a value beyond float32's range, a string that is not a number or an
+image of the wrong length is rejected with its reason instead of scored. Nothing is dropped
+silently: rows in = rows scored + rows rejected, checked against the input's own row count.
 
 Output, one folder: ``predictions.parquet`` (``row``, the row's 0-based position in the input; the
 prediction; ``model_name``, ``model_version``) and ``rejected.parquet`` (``row``, ``reason``). Both
@@ -41,7 +43,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ray_jobs import storage
-from ray_jobs.batch_scorer import Scorer, _numeric, _text
+from ray_jobs.batch_scorer import _numeric, _text, score
 from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 from ray_jobs.storage import parquet_reader_v1
@@ -141,7 +143,7 @@ def parquet_dataset(location: str, scoring: Scoring, batch_size: int) -> tuple[r
         dataset = ray.data.read_parquet(files.files, filesystem=filesystem, num_cpus=READ_CPUS)
     # No repartition: Ray Data splits what a read task returns into blocks for its parallelism
     # already (a 10,000-row file with one row group arrives as 30 blocks), and a repartition step
-    # waits for a CPU the actors hold: it made a 10,000-row run 3 s slower.
+    # waited for a CPU the scoring held: it made a 10,000-row run 3 s slower.
     return dataset.select_columns(scoring.manifest["feature_columns"]), files.count_rows()
 
 
@@ -160,29 +162,29 @@ def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
             raise BadInputError(location, name, rule, f"type {kind}")
 
 
-def actor_pool(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
-    """Actors (default: one per CPU), the CPUs each requests and the torch threads each runs.
+def scoring_workers(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
+    """Scoring tasks at once (default: one per CPU), the CPUs each requests and the threads each runs.
 
-    On a fixed-size (local) Ray the actors leave ``settings.data_cpus`` free: Ray Data lists and
-    reads the input in tasks of its own (listing asks for a whole CPU), and actors holding every CPU
-    would starve them: the run would hang. The request is for Ray's scheduler; the cores are all the
-    actors' once the input is read, so each runs cores / actors threads. On a cluster each actor
-    asks for one CPU and runs one thread.
+    On a fixed-size (local) Ray the scoring leaves ``settings.data_cpus`` free: Ray Data lists and
+    reads the input in tasks of its own (listing asks for a whole CPU), and scoring holding every
+    CPU would starve them. The request is for Ray's scheduler; the cores are all the scoring's once
+    the input is read, so each task runs cores / concurrency threads. On a cluster each asks for
+    one CPU and runs one thread.
     """
-    from ray_jobs.train import on_cluster  # here, not at the top: the actors import this module
+    from ray_jobs.train import on_cluster  # here, not at the top: imports PyTorch
 
     cpus = ray.cluster_resources().get("CPU", 1)
-    actors = concurrency or max(1, int(cpus))
-    if actors < 1:
+    workers = concurrency or max(1, int(cpus))
+    if workers < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     if on_cluster(settings):
-        return actors, 1.0, 1
+        return workers, 1.0, 1
     if cpus <= settings.data_cpus:
         raise ValueError(
             f"the local Ray has {cpus:g} CPUs and keeps {settings.data_cpus:g} (SKYTRAIN_DATA_CPUS) for reading "
             "the input: none is left for scoring; lower SKYTRAIN_DATA_CPUS or use a bigger Ray"
         )
-    return actors, min(1.0, (cpus - settings.data_cpus) / actors), max(1, int(cpus) // actors)
+    return workers, min(1.0, (cpus - settings.data_cpus) / workers), max(1, int(cpus) // workers)
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -274,22 +276,23 @@ def predict(
     output = StagedOutput(output_path, {PREDICTIONS: scoring.predictions_schema(), REJECTED: REJECTED_SCHEMA})
     kind = input_format(input_path)
     dataset, rows_in = (idx_dataset if kind == "idx" else parquet_dataset)(input_path, scoring, batch_size)
-    actors, actor_cpus, threads = actor_pool(concurrency, settings)
+    workers, worker_cpus, threads = scoring_workers(concurrency, settings)
     context = dataset.context  # this dataset's own copy of Ray Data's settings
     context.execution_options.preserve_order = True  # the rows' positions are counted on the way back
     if logging.getLevelName(settings.ray_log_level) > logging.INFO:
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-    # ONNX: the export is fetched here once and handed to every actor, which then imports onnxruntime
-    # and nothing heavier (an actor importing MLflow and PyTorch took 3 s more to start).
+    # ONNX: the export is fetched here once and handed to the tasks (Ray Data puts it in the object
+    # store once), which then need onnxruntime and nothing heavier than it: a worker importing
+    # MLflow and PyTorch to load it took 3 s more.
     onnx_model = scoring.onnx_export() if scoring.runtime == "onnx" else None
     scored = dataset.map_batches(
-        Scorer,
-        fn_constructor_args=(scoring, threads, onnx_model),
+        score,
+        fn_kwargs={"scoring": scoring, "threads": threads, "onnx_model": onnx_model},
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=actor_cpus,
+        concurrency=workers,
+        num_cpus=worker_cpus,
     )
     rows, rejected, first, reasons, arrivals = 0, 0, [], Counter(), []
     model = {"model_name": scoring.model_name, "model_version": scoring.model_version}
@@ -315,7 +318,7 @@ def predict(
             detail = f"all {rows} rejected, e.g. row {first[0]['row']}: {first[0]['reason']}" if rows else "no rows"
             raise BadInputError(input_path, "rows", "at least one valid row to score", detail)
     seconds = time.perf_counter() - started
-    # After the first batch is back (reading started, actors up, model loaded): the pipeline's pace.
+    # After the first batch is back (reading started, model loaded): the pipeline's pace.
     steady = arrivals[-1][0] - arrivals[0][0]
     return {
         "input": storage.normalize(input_path),
@@ -331,7 +334,7 @@ def predict(
         "rows_rejected": rejected,
         "first_rejections": first,
         "rejection_reasons": dict(reasons.most_common()),
-        "actors": actors,
+        "workers": workers,
         "batch_size": batch_size,
         "seconds": seconds,
         "rows_per_second": rows / seconds,

@@ -1,8 +1,8 @@
-"""What runs in batch inference's actors: each row checked, the valid ones scored.
+"""What runs in batch inference's scoring tasks: each row checked, the valid ones scored.
 
 A row with a null, NaN or infinite value, a value beyond float32's range, a string that is not a
 number or an image of the wrong length is rejected with its reason instead of scored. This module
-imports numpy and Arrow only: an actor's start-up is the import of what it runs, and the ONNX
+imports numpy and Arrow only: a worker's first batch waits for the import of what it runs, and the ONNX
 runtime needs neither MLflow nor PyTorch (``Scorer``).
 """
 
@@ -51,7 +51,7 @@ def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
 def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
     _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
     if _text(array.type):
-        import pandas as pd  # only for text columns: the actors start without it
+        import pandas as pd  # only for text columns: workers start without it
 
         values = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
         _reject(reasons, np.isnan(values), f"column '{column}' is not a number")
@@ -99,9 +99,9 @@ def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]
 
 
 class Scorer:
-    """One actor of the pool: loads the model version once, then checks and scores batches.
+    """The model version loaded once, then batches checked and scored.
 
-    ``onnx_model``: the version's ONNX export, as bytes the driver fetched once; the actor then needs
+    ``onnx_model``: the version's ONNX export, as bytes the driver fetched once; scoring then needs
     onnxruntime and nothing else (no MLflow, no PyTorch). Without it the PyTorch model is loaded
     through MLflow.
     """
@@ -120,3 +120,17 @@ class Scorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         features, reasons = validate(batch, self.scoring)
         return outputs(self.predict(features), reasons, self.scoring)
+
+
+_SCORERS: dict[tuple, Scorer] = {}
+
+
+def score(batch: pa.Table, scoring: Scoring, threads: int, onnx_model: bytes | None) -> pa.Table:
+    """Check and score one batch (a Ray Data task). Each worker process keeps the last version it
+    loaded, so a run loads it once per worker, not once per task; it is dropped when the worker
+    scores another version or Ray ends the idle worker."""
+    key = (scoring.model_name, scoring.model_version, scoring.runtime, threads)
+    if (scorer := _SCORERS.get(key)) is None:
+        _SCORERS.clear()  # one model version at a time per worker
+        scorer = _SCORERS[key] = Scorer(scoring, threads, onnx_model)
+    return scorer(batch)

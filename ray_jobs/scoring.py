@@ -1,5 +1,5 @@
-"""What a registered version's scoring is, and what it returns: shared by batch inference's actors
-and the serving replicas, and light to import (numpy and Arrow only) so that a Ray actor that
+"""What a registered version's scoring is, and what it returns: shared by batch inference's tasks
+and the serving replicas, and light to import (numpy and Arrow only) so that a Ray worker that
 unpickles a ``Scoring`` does not import MLflow or PyTorch for it (3 s of a batch run's start here).
 """
 
@@ -16,13 +16,13 @@ Runtime = Literal["torch", "onnx"]
 
 @dataclass(frozen=True)
 class Scoring:
-    """The model version that scores and what its rows look like: all an actor needs (picklable).
+    """The model version that scores and what its rows look like: all a scoring worker needs (picklable).
 
     ``artifact_uri`` is where the version's files are (``file://``, ``s3://``, ``mlflow-artifacts:``);
     ``run_id`` is its training run (where its ONNX export is); ``manifest`` is the manifest of the
     dataset version the model was trained on: feature columns and shape, classes or target, and
     the normalization of raw images. ``onnx_providers``: onnxruntime's execution providers, empty
-    for the preferred available ones; decided where the scoring is set up, not in each actor.
+    for the preferred available ones; decided where the scoring is set up, not in each worker.
     """
 
     model_name: str
@@ -44,13 +44,13 @@ class Scoring:
         runtime: str = "torch",
         onnx_providers: list[str] | tuple[str, ...] = (),
     ) -> Scoring:
-        """Scoring with a registered version whose files are located here, once: the actors load them
-        straight from the artifact store without opening the registry (3 s less per actor here).
+        """Scoring with a registered version whose files are located here, once: the workers load them
+        straight from the artifact store without opening the registry (3 s less per worker here).
 
         ``runtime`` ``auto`` is ``onnx`` for a version with an ONNX export (its ``skytrain.onnx``
         tag), else ``torch``.
         """
-        import mlflow  # here: the actors that unpickle a Scoring never need MLflow
+        import mlflow  # here: the workers that unpickle a Scoring never need MLflow
 
         client = mlflow.MlflowClient(tracking_uri)
         artifacts = client.get_model_version_download_uri(name, str(version))

@@ -12,7 +12,7 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ra
     batch_inference.main(
         # One model keeps CI short; the CNN takes the same code paths.
         ["--quick", "--models", "diamonds-regressor"]
-        + ["--batch-size", "64", "--actors", "1", "--output", str(output)],
+        + ["--batch-size", "64", "--workers", "1", "--output", str(output)],
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True
@@ -27,5 +27,5 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ra
     assert onnx["providers"][-1] == "CPUExecutionProvider" and onnx["ratio"] == min(plain["seconds"]) / min(
         onnx["seconds"]
     )
-    assert engine["actors"] == 1 and row["engine_by_actors"] == {"1": engine}
+    assert engine["workers"] == 1 and row["engine_by_workers"] == {"1": engine}
     assert engine["startup_seconds"] > 0 and engine["steady_rows_per_second"] > 0  # 4 batches: a pace after the 1st
