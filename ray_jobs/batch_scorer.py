@@ -3,10 +3,13 @@
 A row with a null, NaN or infinite value, a value beyond float32's range, a string that is not a
 number or an image of the wrong length is rejected with its reason instead of scored. This module
 imports numpy and Arrow only: a worker's first batch waits for the import of what it runs, and the ONNX
-runtime needs neither MLflow nor PyTorch (``Scorer``).
+runtime needs neither MLflow nor PyTorch (``load``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -98,39 +101,34 @@ def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]
     return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
 
 
-class Scorer:
-    """The model version loaded once, then batches checked and scored.
+def load(scoring: Scoring, threads: int, onnx_model: bytes | None = None) -> Callable[[np.ndarray], Any]:
+    """The version as a function from float32 rows to its output, loaded once.
 
     ``onnx_model``: the version's ONNX export, as bytes the driver fetched once; scoring then needs
     onnxruntime and nothing else (no MLflow, no PyTorch). Without it the PyTorch model is loaded
     through MLflow.
     """
+    if onnx_model is not None:
+        from ray_jobs.onnx_model import OnnxPredictor
 
-    def __init__(self, scoring: Scoring, threads: int, onnx_model: bytes | None = None) -> None:
-        self.scoring = scoring
-        if onnx_model is not None:
-            from ray_jobs.onnx_model import OnnxPredictor
+        return OnnxPredictor(onnx_model, threads, list(scoring.onnx_providers) or None).predict
+    from ray_jobs.inference import load_predictor
 
-            self.predict = OnnxPredictor(onnx_model, threads, list(scoring.onnx_providers) or None).predict
-        else:
-            from ray_jobs.inference import load_predictor
-
-            self.predict = load_predictor(scoring, threads)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        features, reasons = validate(batch, self.scoring)
-        return outputs(self.predict(features), reasons, self.scoring)
+    return load_predictor(scoring, threads)
 
 
-_SCORERS: dict[tuple, Scorer] = {}
+# The model version this worker process loaded last, by what identifies it across MLflow stores
+# (a registry's "v1" in one store is not another store's "v1"): its files, its run, how it runs.
+_LOADED: dict[tuple, Callable[[np.ndarray], Any]] = {}
 
 
 def score(batch: pa.Table, scoring: Scoring, threads: int, onnx_model: bytes | None) -> pa.Table:
     """Check and score one batch (a Ray Data task). Each worker process keeps the last version it
     loaded, so a run loads it once per worker, not once per task; it is dropped when the worker
     scores another version or Ray ends the idle worker."""
-    key = (scoring.model_name, scoring.model_version, scoring.runtime, threads)
-    if (scorer := _SCORERS.get(key)) is None:
-        _SCORERS.clear()  # one model version at a time per worker
-        scorer = _SCORERS[key] = Scorer(scoring, threads, onnx_model)
-    return scorer(batch)
+    key = (scoring.tracking_uri, scoring.artifact_uri, scoring.run_id, scoring.runtime, scoring.onnx_providers, threads)
+    if (predict := _LOADED.get(key)) is None:
+        _LOADED.clear()  # one model version at a time per worker
+        predict = _LOADED[key] = load(scoring, threads, onnx_model)
+    features, reasons = validate(batch, scoring)
+    return outputs(predict(features), reasons, scoring)
