@@ -55,7 +55,7 @@ def test_s3_versions_are_listed_newest_last_and_never_overwritten(s3_bucket, tab
 def test_a_failed_upload_leaves_no_version_and_no_objects(s3_bucket, tables, monkeypatch):
     written = []
 
-    def fail_on_second(table, where, filesystem=None):
+    def fail_on_second(table, where, filesystem=None, **options):
         written.append(where)
         if len(written) == 2:
             raise OSError("connection reset")
