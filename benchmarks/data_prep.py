@@ -23,9 +23,9 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-# Before skytrain is imported: a private state directory.
-if "SKYTRAIN_STATE_DIR" not in os.environ:
-    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
+from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
+
+private_state.use()
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
-# Before skytrain and Ray are imported: a private state directory, a local Ray on 127.0.0.1 only.
-if "SKYTRAIN_STATE_DIR" not in os.environ:
-    os.environ["SKYTRAIN_STATE_DIR"] = tempfile.mkdtemp(prefix="skytrain-bench-")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
+
+private_state.use()
 
 import torch  # noqa: E402
 
