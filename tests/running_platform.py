@@ -18,6 +18,22 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+class RetryBusy(httpx.HTTPTransport):
+    """Prefect's API answers 503 while its SQLite database is locked by another writer (the worker,
+    the server's services); Prefect's own client retries 429 and 503, and so does this one: up to 5
+    tries, 0.5, 1, 2 and 4 s apart."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for delay in (0.5, 1, 2, 4):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503):
+                return response
+            response.read()
+            response.close()
+            time.sleep(delay)
+        return super().handle_request(request)
+
+
 @dataclass
 class RunningPlatform:
     state_dir: Path
@@ -28,7 +44,7 @@ class RunningPlatform:
     api: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.api = httpx.Client(base_url=f"{self.prefect_url}/api", timeout=30)
+        self.api = httpx.Client(base_url=f"{self.prefect_url}/api", timeout=30, transport=RetryBusy())
 
     @classmethod
     def start(cls, state_dir: Path, **env: str) -> RunningPlatform:
