@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ray_jobs import storage
-from ray_jobs.batch_scorer import _numeric, _text, score
+from ray_jobs.batch_scorer import numeric_type, score, text_type
 from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 from ray_jobs.storage import parquet_reader_v1
@@ -155,9 +155,9 @@ def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
         kind = schema.field(name).type
         if name == scoring.tensor_column:
             lists = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
-            ok, rule = lists and _numeric(kind.value_type), f"a list of {np.prod(scoring.feature_shape)} numbers"
+            ok, rule = lists and numeric_type(kind.value_type), f"a list of {np.prod(scoring.feature_shape)} numbers"
         else:
-            ok, rule = _numeric(kind) or _text(kind), "numbers (or strings of numbers) castable to float32"
+            ok, rule = numeric_type(kind) or text_type(kind), "numbers (or strings of numbers) castable to float32"
         if not ok:
             raise BadInputError(location, name, rule, f"type {kind}")
 

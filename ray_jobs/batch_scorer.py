@@ -20,11 +20,11 @@ from ray_jobs.scoring import Scoring, outputs
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _numeric(kind: pa.DataType) -> bool:
+def numeric_type(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
-def _text(kind: pa.DataType) -> bool:
+def text_type(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
@@ -53,7 +53,7 @@ def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
 
 def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
     _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
-    if _text(array.type):
+    if text_type(array.type):
         import pandas as pd  # only for text columns: workers start without it
 
         values = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
