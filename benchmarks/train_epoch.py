@@ -37,6 +37,7 @@ from flows.datasets import diamonds, mnist  # noqa: E402
 from flows.datasets.store import write_version  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
+from ray_jobs.evaluate import EVAL_BATCH_ROWS  # noqa: E402
 from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
@@ -94,8 +95,8 @@ def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: t
         net.eval()
         val_x, val_y = data["val"]
         with torch.no_grad():
-            for i in range(0, len(val_x), 4096):
-                loss_fn(net(val_x[i : i + 4096]), val_y[i : i + 4096]).item()
+            for i in range(0, len(val_x), EVAL_BATCH_ROWS):
+                loss_fn(net(val_x[i : i + EVAL_BATCH_ROWS]), val_y[i : i + EVAL_BATCH_ROWS]).item()
         times.append(time.perf_counter() - started)
     return times
 

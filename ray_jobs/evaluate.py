@@ -24,7 +24,16 @@ def score(task: str, target: np.ndarray, output: np.ndarray) -> dict[str, float]
     }
 
 
-def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], features: np.ndarray, batch_size: int = 4096):
+# Rows per forward pass when scoring. Small enough that a CNN batch's activations (256 MNIST images:
+# ~19 MiB in the widest layer) stay under glibc's largest mmap threshold (32 MiB) and reuse the
+# heap's pages: a 4,096-image batch (~300 MiB) is mapped afresh on every pass and, on the 2-core
+# VMs this was measured on, made validating 5,000 images 0.8-0.9 s instead of 0.27 s.
+EVAL_BATCH_ROWS = 256
+
+
+def predict_in_batches(
+    predict: Callable[[np.ndarray], np.ndarray], features: np.ndarray, batch_size: int = EVAL_BATCH_ROWS
+):
     return np.concatenate(
         [np.asarray(predict(features[i : i + batch_size])) for i in range(0, len(features), batch_size)]
     )
