@@ -27,6 +27,16 @@ def train_epoch(report: dict) -> list[Row]:
         base = result["plain_torch"]
         threads = base["threads"]
         baseline = f"plain PyTorch, {threads} thread{'s' if threads > 1 else ''}: {_s(base)}"
+        if (tuned := result.get("plain_torch_worker_env")) is not None:
+            rows.append(
+                _row(
+                    f"{result['model']}: the same plain loop, started with the workers' environment "
+                    "(`worker_env`: malloc settings)",
+                    _s(tuned),
+                    baseline=baseline,
+                    ratio=f"{tuned['ratio']:.2f}×",
+                )
+            )
         for workers, target in ((1, 1.05), (2, 0.85)):
             if (ray := result.get(f"ray_{workers}w")) is None:
                 continue

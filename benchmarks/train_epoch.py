@@ -7,7 +7,9 @@ median epoch time (first epoch excluded: it includes Ray Data's read) with minâ€
 the fastest plain loop measured in the same run (and to the 1-thread one), and Ray Train's fixed
 start-up cost (``fit()`` to the first step) on its own. For N > 1 workers it also measures the
 floor no data-parallel framework can beat on this machine: N plain loops running at once on 1/N
-of the rows each, without any communication.
+of the rows each, without any communication. The floor's processes, and one more run of the plain
+loop, start with the environment skytrain gives its training workers (``worker_env``: malloc
+settings), so the table shows what those settings alone are worth to a plain loop.
 
     python -m benchmarks.train_epoch            # full MNIST and diamonds, 4 epochs each
     python -m benchmarks.train_epoch --quick    # small slices, 2 epochs: keeps the code working
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
@@ -40,7 +45,7 @@ from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
 from ray_jobs.evaluate import EVAL_BATCH_ROWS  # noqa: E402
 from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
-from ray_jobs.train import resolve_hparams, run_training  # noqa: E402
+from ray_jobs.train import resolve_hparams, run_training, worker_env  # noqa: E402
 
 
 def prepare(model: str, limit_rows: int | None, settings: Settings, val_size: int | None = None) -> Path:
@@ -101,13 +106,39 @@ def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: t
     return times
 
 
+@contextmanager
+def spawned(processes: int, env: dict[str, str]) -> Iterator[ProcessPoolExecutor]:
+    """Fresh Python processes started with ``env`` added to this one's environment (glibc's malloc
+    and OpenMP read theirs when a process starts)."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(int).result()  # the processes start now, with ``env``
+            yield pool
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def plain_with_worker_env(model: str, dataset_dir: Path, hp: dict, threads: int) -> list[float]:
+    """The plain loop in a process started with the environment skytrain gives its training workers
+    (``ray_jobs.train.worker_env``): how much of a comparison with the default-environment baseline
+    is the malloc settings rather than Ray Train."""
+    with spawned(1, worker_env(threads)) as pool:
+        return pool.submit(plain_epochs, model, dataset_dir, hp, threads).result()
+
+
 def independent_shards(model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int) -> list[float]:
     """What ``processes`` data-parallel workers could do at best on this machine: as many plain loops
-    at once, each on its share of the rows with its share of the cores, and no communication at all.
-    An epoch lasts as long as the slowest of them."""
+    at once, each on its share of the rows with its share of the cores, and no communication at all,
+    started with the environment skytrain gives its training workers. An epoch lasts as long as the
+    slowest of them."""
     threads = max(1, cpus // processes)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+    with spawned(processes, worker_env(threads)) as pool:
         futures = [
             pool.submit(plain_epochs, model, dataset_dir, hp, threads, (rank, processes)) for rank in range(processes)
         ]
@@ -161,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             row = {"model": model, "rows": read_manifest(dataset_dir)["splits"]["train"]["rows"]}
             row["plain_torch"] = {**baseline, "threads": threads}  # the fastest thread count
             row["plain_torch_by_threads"] = {str(t): b for t, b in baselines.items()}
+            tuned = summary(plain_with_worker_env(model, dataset_dir, hp, threads))
+            row["plain_torch_worker_env"] = {**tuned, "ratio": tuned["median_s"] / baseline["median_s"]}
             for workers in args.workers:
                 if workers > cpus:
                     print(f"skipping {workers} workers: the local Ray has {cpus} CPUs")
@@ -184,6 +217,8 @@ def format_row(row: dict) -> str:
     base = row["plain_torch"]
     parts = [f"{row['model']} ({row['rows']} train rows): plain torch {base['median_s']:.2f}s/epoch"]
     parts[0] += f" ({base['threads']} thread{'s' if base['threads'] > 1 else ''})"
+    if (tuned := row.get("plain_torch_worker_env")) is not None:
+        parts.append(f"plain torch in the workers' environment: {tuned['median_s']:.2f}s/epoch = {tuned['ratio']:.2f}x")
     targets = {1: 1.05, 2: 0.85}
     for workers, target in targets.items():
         if (r := row.get(f"ray_{workers}w")) is None:
