@@ -40,37 +40,33 @@ def train_epoch(report: dict) -> list[Row]:
         for workers, target in ((1, 1.05), (2, 0.85)):
             if (ray := result.get(f"ray_{workers}w")) is None:
                 continue
+            plural = "s" * (workers > 1)
             rows.append(
-                {
-                    "figure": f"{result['model']}: seconds per epoch, Ray Train {workers} worker{'s' * (workers > 1)}",
-                    "skytrain": _s(ray),
-                    "baseline": baseline,
-                    "ratio": f"{ray['ratio']:.2f}×",
-                    "target": f"≤ {target}×",
-                    "met": _verdict(ray["ratio"] <= target),
-                }
+                _row(
+                    f"{result['model']}: seconds per epoch, Ray Train {workers} worker{plural}",
+                    _s(ray),
+                    baseline=baseline,
+                    ratio=f"{ray['ratio']:.2f}×",
+                    target=f"≤ {target}×",
+                    met=_verdict(ray["ratio"] <= target),
+                )
             )
             rows.append(
-                {
-                    "figure": f"{result['model']}: `fit()` to first step, {workers} worker{'s' * (workers > 1)}",
-                    "skytrain": f"{ray['startup_s']:.1f} s",
-                    "baseline": "",
-                    "ratio": "",
-                    "target": "reported alone",
-                    "met": "n/a",
-                }
+                _row(
+                    f"{result['model']}: `fit()` to first step, {workers} worker{plural}",
+                    f"{ray['startup_s']:.1f} s",
+                    target="reported alone",
+                )
             )
             if (floor := result.get(f"floor_{workers}w")) is not None:
                 rows.append(
-                    {
-                        "figure": f"{result['model']}: {workers} plain loops on 1/{workers} of the rows each, "
+                    _row(
+                        f"{result['model']}: {workers} plain loops on 1/{workers} of the rows each, "
                         "no communication (the floor)",
-                        "skytrain": _s(floor),
-                        "baseline": baseline,
-                        "ratio": f"{floor['ratio']:.2f}×",
-                        "target": "",
-                        "met": "n/a",
-                    }
+                        _s(floor),
+                        baseline=baseline,
+                        ratio=f"{floor['ratio']:.2f}×",
+                    )
                 )
     return rows
 
