@@ -202,6 +202,44 @@ def test_setup_installs_the_mounted_project_and_only_pinned_extras(cloud):
             assert canonical(requirement.name) not in pins, f"{cloud}: {requirement} overrides pyproject.toml"
 
 
+def readme_pip_installs(markdown: str) -> list[list[str]]:
+    """The ``pip install`` calls in the code of a Markdown text: fenced blocks (with ``\\`` line
+    continuations joined) and inline code spans, each call with the pip it runs as its first word."""
+    fenced = [block.replace("\\\n", " ") for block in re.findall(r"```[a-z]*\n(.*?)```", markdown, re.S)]
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    lines = [line.split(" #")[0] for code in fenced + inline for line in code.splitlines()]
+    calls = []
+    for line in lines:
+        if re.search(r"\bpip3?\b.*\binstall\b", line):
+            words = shlex.split(line)
+            pip = next(w for w in words if w.endswith(("pip", "pip3", "python")))
+            calls += [[pip, *args] for args in pip_installs([line])]
+    return calls
+
+
+def unpinned_readme_installs(markdown: str) -> list[str]:
+    """What a README's pip commands install that is not exactly pinned, or that would override
+    pyproject.toml's pins inside the project's .venv."""
+    pins, problems = project_requirements(), []
+    for pip, *args in readme_pip_installs(markdown):
+        for requirement in map(Requirement, requirements_of(args)):
+            spec = str(requirement.specifier)
+            if not spec.startswith("==") or "," in spec:
+                problems.append(f"{pip}: {requirement} is not pinned")
+            if pip.startswith(".venv/") and canonical(requirement.name) in pins:
+                problems.append(f"{pip}: {requirement} overrides pyproject.toml")
+    return problems
+
+
+def test_infra_readme_installs_only_pinned_packages():
+    markdown = (INFRA / "README.md").read_text()
+    assert len(readme_pip_installs(markdown)) >= 2, "the GCP and Azure launcher installs"
+    assert unpinned_readme_installs(markdown) == []
+    # The check can fail: the unpinned install it once had, a pin of its own into the project venv.
+    assert unpinned_readme_installs("`.venv/bin/pip install azure-cli-core azure-core==1.35.0`")
+    assert unpinned_readme_installs("```bash\n.venv/bin/pip install \\\n  ray==2.59.0\n```\n")
+
+
 def test_install_script_installs_exactly_the_project():
     script = INSTALL_SCRIPT.read_text()
     subprocess.run(["bash", "-n", str(INSTALL_SCRIPT)], check=True)
