@@ -9,6 +9,7 @@ $SKYTRAIN_TF_PROVIDER_MIRROR or under /opt. Without terraform or the mirror the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -280,3 +281,31 @@ def test_azure_hcl_storage_and_identity_match_the_ray_config():
     assert provider["msi_name"] == defaults["identity_name"]
     assert provider["msi_resource_group"] == defaults["resource_group_name"]
     assert provider["location"] == defaults["location"]
+
+
+def skytrain_env(cloud: str) -> dict[str, str]:
+    """The ``skytrain_env`` output of a cloud's module, each ``${...}`` interpolation read as "skytrain"."""
+    parsed = hcl(TERRAFORM / cloud)
+    outputs = {name: body for block in parsed.get("output", []) for name, body in block.items()}
+    return {name: re.sub(r"\$\{[^}]+\}", "skytrain", value) for name, value in outputs["skytrain_env"]["value"].items()}
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_skytrain_env_names_every_location_the_cluster_writes(cloud):
+    """flows/ray_job.py hands each job these settings as resolved on the submitting machine: one left
+    out is that machine's local default (``.skytrain/...``), which a node writes on its own disk."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from ray_jobs import storage
+    from ray_jobs.settings import Settings
+
+    env = skytrain_env(cloud)
+    settings = {name for name in env if name.startswith("SKYTRAIN_")}
+    assert settings == {"SKYTRAIN_DATA_STORE", "SKYTRAIN_RAY_STORAGE_PATH", "SKYTRAIN_MLFLOW_ARTIFACT_ROOT"}
+    assert all(name.removeprefix("SKYTRAIN_").lower() in Settings.model_fields for name in settings)
+    assert storage.is_remote(env["SKYTRAIN_DATA_STORE"]) and storage.is_remote(env["SKYTRAIN_RAY_STORAGE_PATH"])
+    # MLflow with the project's pins (the nodes' too) opens the artifact root: not an abfss:// or
+    # wasbs:// one, whose clients need Azure SDK packages that skytrain does not install.
+    root = env["SKYTRAIN_MLFLOW_ARTIFACT_ROOT"]
+    assert not root.startswith(("file:", "/", ".")), root
+    get_artifact_repository(root, tracking_uri="http://127.0.0.1:5000")

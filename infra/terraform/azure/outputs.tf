@@ -22,9 +22,17 @@ output "container_url" {
 }
 
 output "skytrain_env" {
-  description = "Settings for the machine that runs the flows (export each NAME=value): where datasets and checkpoints go. Credentials: `az login` there (with a data role on the container), the nodes' identity on the cluster."
+  description = "Settings for the machine that runs the flows (export each NAME=value): where datasets, checkpoints and MLflow artifacts go. Credentials: `az login` there (with a data role on the container), the nodes' identity on the cluster."
   value = {
     SKYTRAIN_DATA_STORE       = "abfss://${azurerm_storage_container.skytrain.name}@${azurerm_storage_account.skytrain.name}.dfs.core.windows.net/datasets"
     SKYTRAIN_RAY_STORAGE_PATH = "abfss://${azurerm_storage_container.skytrain.name}@${azurerm_storage_account.skytrain.name}.dfs.core.windows.net/ray_results"
+    # Through the MLflow server (started with --artifacts-destination, output mlflow_artifacts_destination):
+    # MLflow's own abfss:// and wasbs:// clients need Azure SDK packages that skytrain and its nodes do not install.
+    SKYTRAIN_MLFLOW_ARTIFACT_ROOT = "mlflow-artifacts:/skytrain"
   }
+}
+
+output "mlflow_artifacts_destination" {
+  description = "--artifacts-destination of the MLflow server: the container's mlartifacts/ folder (the server needs azure-storage-blob and azure-identity, and an identity with a data role on the container)."
+  value       = "wasbs://${azurerm_storage_container.skytrain.name}@${azurerm_storage_account.skytrain.name}.blob.core.windows.net/mlartifacts"
 }
