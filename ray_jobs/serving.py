@@ -38,7 +38,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ray_jobs import payload
+from ray_jobs import payload, replica_grpc
 from ray_jobs.cluster import ray_session
 from ray_jobs.inference import CHAMPION, load_predictor, training_manifest
 from ray_jobs.models import SPECS, spec_for
@@ -100,6 +100,7 @@ class ModelServer:
     """A replica: the champion of one model, re-resolved every ``serve_poll_seconds``."""
 
     def __init__(self, model: str, settings: Settings) -> None:
+        replica_grpc.bind_to_node_address()  # before Serve binds it, once this constructor returns
         torch.set_num_threads(1)
         self.model, self.settings = model, settings
         self.name = spec_for(model).registered_name

@@ -185,9 +185,18 @@ def test_unknown_routes_and_wrong_methods_are_refused(service):
     assert missing.status_code == 404 and "use POST /predict" in missing.json()["error"]
 
 
-def test_the_http_proxy_listens_on_loopback_only(service):
-    """``serve_host`` defaults to 127.0.0.1: Serve's proxy holds the serving port there and nowhere else."""
+def test_serve_listens_on_loopback_only(service):
+    """``serve_host`` defaults to 127.0.0.1: Serve's proxy holds the serving port there, and no Serve
+    process (proxy, controller, the replicas' gRPC servers) listens anywhere else."""
     port = int(service["urls"]["mnist-cnn"].split(":")[2].split("/")[0])
-    found = [s for s in listeners(with_descendants([os.getpid()])) if s.process.startswith("ray::ProxyActor")]
-    assert any(listener.port == port for listener in found), f"no proxy listens on port {port}: {found}"
-    assert not exposed(found), "Serve's proxy listens beyond loopback:\n" + "\n".join(exposed(found))
+    found = [
+        s
+        for s in listeners(with_descendants([os.getpid()]))
+        if s.process.startswith("ray::Serve") or s.process.startswith("ray::ProxyActor")
+    ]
+    assert any(s.port == port and s.process.startswith("ray::ProxyActor") for s in found), (
+        f"no proxy listens on port {port}: {found}"
+    )
+    replicas = {s.pid for s in found if s.process.startswith("ray::ServeReplica")}
+    assert len(replicas) == 2, f"expected a listening replica per model: {found}"
+    assert not exposed(found), "Ray Serve listens beyond loopback:\n" + "\n".join(exposed(found))
