@@ -1,6 +1,7 @@
 # Identities of the Ray nodes (infra/ray/aws.yaml names the instance profiles). Workers may only
 # use the skytrain bucket; the head also runs Ray's autoscaler, which launches, tags and
-# terminates the cluster's EC2 instances and hands the worker role to the ones it launches.
+# terminates the cluster's EC2 instances and hands the worker role to the ones it launches: only
+# instances tagged ray-cluster-name = cluster_name, of the worker instance types, and no other role.
 
 locals {
   head_name   = "${var.name_prefix}-ray-head"
@@ -38,7 +39,27 @@ locals {
     }])
   })
 
-  cluster_instances = "arn:${data.aws_partition.current.partition}:ec2:${var.region}:*:instance/*"
+  ec2_arn = "arn:${data.aws_partition.current.partition}:ec2:${var.region}"
+
+  # RunInstances is authorized for every resource the launch creates or uses, each against its own
+  # ARN. Ray's AWS provider (ray/autoscaler/_private/aws/node_provider.py, _create_node) puts one
+  # TagSpecifications entry in the request, ResourceType "instance", whose tags include
+  # ray-cluster-name = cluster_name: that is what the launch is held to. It tags no volume,
+  # network interface or Spot request, so requiring the tag on those would refuse every launch; they
+  # exist only as parts of a launch that the instance statement already allows, and nothing here lets
+  # the head create them on their own (no CreateVolume, CreateNetworkInterface, RequestSpotInstances).
+  cluster_instances = "${local.ec2_arn}:*:instance/*"
+  launch_parts      = ["${local.ec2_arn}:*:volume/*", "${local.ec2_arn}:*:network-interface/*", "${local.ec2_arn}:*:spot-instances-request/*"]
+  # ...and what it only refers to: the AMI and its snapshot (public ones have no account), the
+  # subnet, security group and key pair that `ray up` chose. No launch template: infra/ray/aws.yaml
+  # uses none (one would need launch-template/* here).
+  launch_uses = [
+    "${local.ec2_arn}::image/*",
+    "${local.ec2_arn}::snapshot/*",
+    "${local.ec2_arn}:*:subnet/*",
+    "${local.ec2_arn}:*:security-group/*",
+    "${local.ec2_arn}:*:key-pair/*",
+  ]
 
   autoscaler = jsonencode({
     Version = "2012-10-17"
@@ -51,25 +72,55 @@ locals {
         Resource = "*"
       },
       {
-        Sid       = "LaunchWorkers"
-        Effect    = "Allow"
-        Action    = "ec2:RunInstances"
-        Resource  = "*"
-        Condition = { StringEquals = { "aws:RequestedRegion" = var.region } }
+        Sid      = "LaunchClusterWorkers"
+        Effect   = "Allow"
+        Action   = "ec2:RunInstances"
+        Resource = local.cluster_instances
+        Condition = {
+          StringEquals = {
+            "aws:RequestTag/ray-cluster-name" = var.cluster_name
+            "ec2:InstanceType"                = var.worker_instance_types
+          }
+        }
       },
       {
+        Sid      = "LaunchWithTheirDisksAndInterfaces"
+        Effect   = "Allow"
+        Action   = "ec2:RunInstances"
+        Resource = local.launch_parts
+      },
+      {
+        Sid      = "LaunchFromImageIntoNetwork"
+        Effect   = "Allow"
+        Action   = "ec2:RunInstances"
+        Resource = local.launch_uses
+      },
+      {
+        # Tags in the launch request itself (TagSpecifications): allowed only as part of RunInstances.
         Sid       = "TagAtLaunch"
         Effect    = "Allow"
         Action    = "ec2:CreateTags"
-        Resource  = "*"
+        Resource  = concat([local.cluster_instances], local.launch_parts)
         Condition = { StringEquals = { "ec2:CreateAction" = "RunInstances" } }
       },
       {
         Sid       = "ManageOwnInstances"
         Effect    = "Allow"
-        Action    = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:CreateTags"]
+        Action    = ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"]
         Resource  = local.cluster_instances
         Condition = { StringEquals = { "aws:ResourceTag/ray-cluster-name" = var.cluster_name } }
+      },
+      {
+        # Ray updates its node tags (status, launch config, Name) on running nodes; it never changes
+        # ray-cluster-name, and nor may the head: that tag is what every statement here relies on.
+        Sid      = "RetagOwnInstances"
+        Effect   = "Allow"
+        Action   = "ec2:CreateTags"
+        Resource = local.cluster_instances
+        Condition = {
+          StringEquals                   = { "aws:ResourceTag/ray-cluster-name" = var.cluster_name }
+          "ForAllValues:StringNotEquals" = { "aws:TagKeys" = ["ray-cluster-name"] }
+        }
       },
       {
         Sid       = "HandWorkerRoleToWorkers"

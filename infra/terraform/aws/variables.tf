@@ -26,6 +26,17 @@ variable "cluster_name" {
   default     = "skytrain"
 }
 
+variable "worker_instance_types" {
+  description = "The only EC2 instance types the head may launch: the InstanceType of every worker type in infra/ray/aws.yaml (the head itself is launched by `ray up` with your credentials)."
+  type        = list(string)
+  default     = ["m5.2xlarge", "g5.xlarge"]
+
+  validation {
+    condition     = length(var.worker_instance_types) > 0 && alltrue([for t in var.worker_instance_types : can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", t))])
+    error_message = "worker_instance_types must list EC2 instance types such as g5.xlarge."
+  }
+}
+
 variable "force_destroy" {
   description = "Let `terraform destroy` delete the bucket with everything in it (datasets, checkpoints, models)."
   type        = bool

@@ -91,6 +91,83 @@ run "workers_may_only_use_the_bucket" {
   }
 }
 
+run "head_launches_only_tagged_workers" {
+  # apply (mocked), as above: the policy is known only after apply.
+  command = apply
+
+  variables {
+    cluster_name          = "skytrain-test"
+    worker_instance_types = ["g5.xlarge"]
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement :
+      !contains(flatten([s.Resource]), "*") if contains(flatten([s.Action]), "ec2:RunInstances") || contains(flatten([s.Action]), "ec2:CreateTags")
+    ])
+    error_message = "RunInstances and CreateTags must name the resource types they apply to, not every resource"
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement : (
+        try(s.Condition.StringEquals["aws:RequestTag/ray-cluster-name"], null) == "skytrain-test"
+        && try(tolist(s.Condition.StringEquals["ec2:InstanceType"]), []) == tolist(["g5.xlarge"])
+      ) if contains(flatten([s.Action]), "ec2:RunInstances") && anytrue([for r in flatten([s.Resource]) : strcontains(r, ":instance/")])
+    ])
+    error_message = "the head may launch an instance only with the tag ray-cluster-name = cluster_name in the request, and only of worker_instance_types"
+  }
+
+  assert {
+    condition = length([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement : s
+      if contains(flatten([s.Action]), "ec2:RunInstances") && anytrue([for r in flatten([s.Resource]) : strcontains(r, ":instance/")])
+    ]) == 1
+    error_message = "exactly one statement may let the head launch instances"
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement : (
+        try(s.Condition.StringEquals["ec2:CreateAction"], null) == "RunInstances"
+        || (
+          try(s.Condition.StringEquals["aws:ResourceTag/ray-cluster-name"], null) == "skytrain-test"
+          && contains(try(s.Condition["ForAllValues:StringNotEquals"]["aws:TagKeys"], []), "ray-cluster-name")
+        )
+      ) if contains(flatten([s.Action]), "ec2:CreateTags")
+    ])
+    error_message = "the head may tag only at launch, or retag its own cluster's instances without touching ray-cluster-name"
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement :
+      try(s.Condition.StringEquals["aws:ResourceTag/ray-cluster-name"], null) == "skytrain-test"
+      if length(setintersection(flatten([s.Action]), ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"])) > 0
+    ])
+    error_message = "the head may stop, start and terminate only its own cluster's instances"
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.head_autoscaler.policy).Statement :
+      s.Resource == aws_iam_role.worker.arn && s.Condition.StringEquals["iam:PassedToService"] == "ec2.amazonaws.com"
+      if contains(flatten([s.Action]), "iam:PassRole")
+    ])
+    error_message = "the head may pass the worker role only, and only to EC2"
+  }
+}
+
+run "worker_instance_types_must_be_instance_types" {
+  command = plan
+
+  variables {
+    worker_instance_types = []
+  }
+
+  expect_failures = [var.worker_instance_types]
+}
+
 run "customer_managed_key" {
   command = plan
 
