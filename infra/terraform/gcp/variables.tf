@@ -25,6 +25,17 @@ variable "name_prefix" {
   default     = "skytrain"
 }
 
+variable "cluster_name" {
+  description = "cluster_name of infra/ray/gcp.yaml: the head manages only the instances and disks Ray names after it."
+  type        = string
+  default     = "skytrain"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*$", var.cluster_name))
+    error_message = "cluster_name must start with a lowercase letter and hold only lowercase letters, digits and hyphens (GCP instance names)."
+  }
+}
+
 variable "force_destroy" {
   description = "Let `terraform destroy` delete the bucket with everything in it."
   type        = bool
