@@ -146,7 +146,18 @@ def aws_clients(endpoint: str, region: str):
     return session.client("s3", endpoint_url=endpoint), session.client("iam", endpoint_url=endpoint)
 
 
-def test_aws_apply_plan_destroy_on_moto(terraform, mirror, moto_endpoint, tmp_path):
+def aws_ray_config(monkeypatch) -> dict:
+    """infra/ray/aws.yaml as Ray's launcher prepares it; boto3 must not look for a profile of this machine."""
+    from ray.autoscaler._private.util import prepare_config
+
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    return prepare_config(yaml.safe_load(RAY_CONFIGS["aws"].read_text()))
+
+
+def test_aws_apply_plan_destroy_on_moto(terraform, mirror, moto_endpoint, tmp_path, monkeypatch):
+    from tests.infra.test_iam_policies import head_policy_problems  # (it imports this module)
+
     ray_config = yaml.safe_load(RAY_CONFIGS["aws"].read_text())
     region = ray_config["provider"]["region"]
     env = terraform_env(tmp_path, mirror)
@@ -195,6 +206,16 @@ def test_aws_apply_plan_destroy_on_moto(terraform, mirror, moto_endpoint, tmp_pa
         worker_role = outputs["worker_role_arn"].rsplit("/", 1)[1]
         assert iam.list_role_policies(RoleName=worker_role)["PolicyNames"] == ["skytrain-bucket"]
         assert iam.list_attached_role_policies(RoleName=worker_role)["AttachedPolicies"] == []
+        # The head's autoscaler policy as IAM holds it, against the calls Ray's AWS node provider makes
+        # for this cluster config, and against the same calls outside the cluster.
+        head_role = outputs["head_role_arn"].rsplit("/", 1)[1]
+        policy = iam.get_role_policy(RoleName=head_role, PolicyName="ray-autoscaler")["PolicyDocument"]
+        assert (
+            head_policy_problems(
+                policy, aws_ray_config(monkeypatch), outputs["worker_role_arn"], outputs["head_role_arn"]
+            )
+            == []
+        )
 
         # A second plan finds nothing to change.
         result = run([terraform, "plan", "-detailed-exitcode", "-no-color", *variables], module, env)
