@@ -133,8 +133,13 @@ def data_prep(report: dict) -> list[Row]:
     rows = []
     for result in report["results"]:
         base = result["plain_pyarrow_write"]
-        for key, label in (("skytrain_prep", "data prep"), ("prepare_mnist_flow", "`prepare-mnist` flow end to end")):
-            if (measured := result.get(key)) is None:
+        figures = (
+            ("skytrain_prep", "data prep", True),
+            ("first_run", "its first run in the process (fresh memory, reported alone)", False),
+            ("prepare_mnist_flow", "`prepare-mnist` flow end to end", True),
+        )
+        for key, label, targeted in figures:
+            if (measured := result.get(key)) is None:  # first_run: results from 2026-12-05 on
                 continue
             rows.append(
                 {
@@ -142,8 +147,8 @@ def data_prep(report: dict) -> list[Row]:
                     "skytrain": _s(measured),
                     "baseline": f"plain pyarrow write: {_s(base)}",
                     "ratio": f"{measured['ratio']:.2f}×",
-                    "target": "≤ 1.5×",
-                    "met": _verdict(measured["ratio"] <= 1.5),
+                    "target": "≤ 1.5×" if targeted else "",
+                    "met": _verdict(measured["ratio"] <= 1.5 if targeted else None),
                 }
             )
     return rows

@@ -48,4 +48,6 @@ def test_data_prep_quick_mode_reports_its_ratio(tmp_path, state_dir, prefect_api
     assert row["source"] == "idx" and row["rows"] == 2500  # 1,500 train + 500 val + 500 test
     plain, prep, flow = row["plain_pyarrow_write"], row["skytrain_prep"], row["prepare_mnist_flow"]
     assert prep["ratio"] == prep["median_s"] / plain["median_s"] and prep["repeats"] == 1
+    first = row["first_run"]  # the warm-up prep, reported alone
+    assert first["repeats"] == 1 and first["ratio"] == first["median_s"] / plain["median_s"]
     assert flow["ratio"] == flow["median_s"] / plain["median_s"] and flow["median_s"] > 0
