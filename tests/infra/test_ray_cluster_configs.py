@@ -132,6 +132,14 @@ def test_bounds_and_idle_timeout(cloud):
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)
+def test_idle_workers_are_deleted_not_stopped(cloud):
+    """``cache_stopped_nodes``: Ray's AWS and Azure providers default to stopping an idle node, whose
+    disk (and, on Azure, its IP and NIC) keep costing money after it 'left'; GCP's defaults to
+    deleting. Every config says so explicitly."""
+    assert load(cloud)["provider"].get("cache_stopped_nodes") is False, "set provider.cache_stopped_nodes: false"
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
 def test_spot_gpu_preferred_with_on_demand_fallback(cloud):
     config = prepared(cloud)
     workers = worker_types(config)
