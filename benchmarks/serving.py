@@ -131,7 +131,7 @@ def skytrain_serve(settings: Settings, runtime: str, bodies: list[bytes], plan: 
     return {**result, "replica_cpus": settings.serve_replica_cpus, "runtime": runtime}
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=32)  # as skytrain's replicas: Serve's default of 5 queues requests at 16
 class NoOp:  # pickled by value (below): replicas need not import this module
     """Ray Serve's floor: reads the request, answers a constant."""
 
@@ -145,7 +145,9 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def serve_floor(settings: Settings, bodies: list[bytes], plan: dict[int, int]) -> dict:
     application = NoOp.options(ray_actor_options={"num_cpus": settings.serve_replica_cpus}).bind()
-    serve.run(application, name="floor", route_prefix="/floor", blocking=False)
+    # The same logging as skytrain's applications: without it the floor writes an access-log line per request.
+    logging = serving.logging_config(settings)
+    serve.run(application, name="floor", route_prefix="/floor", blocking=False, logging_config=logging)
     deadline = time.monotonic() + 120
     while serve.status().applications["floor"].status != "RUNNING":
         if time.monotonic() > deadline:

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     serve_max_rows: int = Field(default=256, ge=1)
     """Most rows one ``/predict`` request may carry (413 beyond it)."""
 
+    serve_inline_rows: int = Field(default=4, ge=0)
+    """Requests of at most this many rows are scored on the replica's event loop, larger ones in a
+    worker thread; 0: always in a thread (for a model slow enough that one row would hold the loop)."""
+
     ray_storage_path: str | None = None
     """Ray Train checkpoints and results; default ``<state_dir>/ray_results``."""
 

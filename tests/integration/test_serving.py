@@ -127,6 +127,23 @@ def test_predictions_match_pyfunc_on_the_same_rows_for_both_models(service):
     assert described["input_shape"] == [-1, 1, 28, 28] and described["model_uri"].endswith(f"/{service['cnn']}")
 
 
+@pytest.mark.parametrize("model", ["mnist-cnn", "diamonds-regressor"])
+def test_single_rows_scored_on_the_event_loop_match_pyfunc(service, model):
+    """At most ``serve_inline_rows`` rows (4 by default) are scored on the replica's loop, not in a thread."""
+    spec = spec_for(model)
+    rows = load_split(service["mnist" if model == "mnist-cnn" else "diamonds"], "test")[0][:3]
+    version = served_version(service, model)
+    expected = pyfunc(spec, version, rows)
+    for k in range(len(rows)):
+        answer = service["http"].post(f"{service['urls'][model]}/predict", json={"inputs": rows[k : k + 1].tolist()})
+        assert answer.status_code == 200, answer.text
+        (prediction,) = answer.json()["predictions"]
+        if model == "mnist-cnn":
+            assert prediction["predicted"] == int(expected[k].argmax())
+        else:
+            np.testing.assert_allclose(prediction["log_price"], expected[k].item(), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("content", "status", "message"),
     [
