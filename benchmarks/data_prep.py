@@ -131,7 +131,7 @@ def measure(kind: str, location: str, repeats: int, val_size: int, work: Path, w
         "rows": rows,
         "plain_pyarrow_write": summary(plain),
         "skytrain_prep": summary(prep),
-        "first_run": {"median_s": first, "min_s": first, "max_s": first, "repeats": 1, "ratio": first / base},
+        "first_run": {**summary([first]), "ratio": first / base},
     }
     row["skytrain_prep"]["ratio"] = row["skytrain_prep"]["median_s"] / base
     if flow:

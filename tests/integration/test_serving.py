@@ -207,9 +207,7 @@ def test_serve_listens_on_loopback_only(service):
     process (proxy, controller, the replicas' gRPC servers) listens anywhere else."""
     port = int(service["urls"]["mnist-cnn"].split(":")[2].split("/")[0])
     found = [
-        s
-        for s in listeners(with_descendants([os.getpid()]))
-        if s.process.startswith("ray::Serve") or s.process.startswith("ray::ProxyActor")
+        s for s in listeners(with_descendants([os.getpid()])) if s.process.startswith(("ray::Serve", "ray::ProxyActor"))
     ]
     assert any(s.port == port and s.process.startswith("ray::ProxyActor") for s in found), (
         f"no proxy listens on port {port}: {found}"
