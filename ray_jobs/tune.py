@@ -19,7 +19,7 @@ import mlflow
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from ray_jobs import storage, tracking
@@ -54,6 +54,26 @@ def search_space(spec: ModelSpec, hparams: dict[str, Any]) -> dict[str, Any]:
         "batch_size": around(hparams["batch_size"]),
         width: around(hparams[width]),
     }
+
+
+class FinishingASHA(ASHAScheduler):
+    """ASHA that never stops a trial once it has reached ``max_t``.
+
+    Ray's ASHA keeps a rung at ``max_t`` and, even with ``stop_last_trials=False``, stops a trial
+    that trails there: its training is done, but Tune kills its process before the Ray Train run
+    returns, so its MLflow run never finishes and its model is never logged. A trial at ``max_t``
+    ends by itself right after its last report; stopping it saves nothing.
+    """
+
+    def __init__(self, *, max_t: int, grace_period: int = 1, reduction_factor: float = 2) -> None:
+        super().__init__(
+            max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor, stop_last_trials=False
+        )
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def _trial(config: dict[str, Any], context: dict[str, Any]) -> None:
@@ -181,11 +201,7 @@ def run_search(
                 num_samples=num_samples,
                 max_concurrent_trials=concurrency,
                 search_alg=BasicVariantGenerator(random_state=seed),
-                # stop_last_trials=False: a trial reaching max_t ends by itself; Tune stopping it
-                # there would kill it before its Ray Train run returns.
-                scheduler=ASHAScheduler(
-                    max_t=base["epochs"], grace_period=1, reduction_factor=2, stop_last_trials=False
-                ),
+                scheduler=FinishingASHA(max_t=base["epochs"], grace_period=1, reduction_factor=2),
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0
