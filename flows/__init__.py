@@ -24,3 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # A local Ray (no address configured) binds 127.0.0.1 only; Ray reads this when it is imported.
 if not (_settings.ray_address or os.environ.get("RAY_ADDRESS")):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from flows import heartbeats  # noqa: E402  (after PREFECT_HOME: it imports Prefect)
+
+heartbeats.install()  # sync flow runs no longer wait up to 1 s for the heartbeat thread
