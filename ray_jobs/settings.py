@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     data_cpus: float = Field(default=1.0, ge=0.25)
     """CPUs a fixed-size (local) Ray keeps free for Ray Data's reads while the workers train."""
 
+    gloo_io_idle: bool = True
+    """CPU training: gloo's polling I/O thread runs at ``SCHED_IDLE`` priority (``ray_jobs/gloo_io.py``)."""
+
     torch_compile: bool = False
     """Train a ``torch.compile``-d model (pays off on GPUs; compiling costs time up front)."""
 

@@ -34,7 +34,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution import context as ray_train_context
 from torch import nn
 
-from ray_jobs import storage, tracking
+from ray_jobs import gloo_io, storage, tracking
 from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.early_stopping import EarlyStopping
@@ -133,6 +133,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # them once an epoch, before validation (``_share_buffers``). 2 CNN workers on 2 cores: an epoch
     # 8.13 -> 7.45 s (benchmarks/train_epoch.py, back to back).
     model = ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"broadcast_buffers": False})
+    idled = 0
+    if device.type == "cpu" and config["gloo_io_idle"]:
+        idled = gloo_io.idle_gloo_io_threads()  # gloo's polling I/O thread no longer delays the loop's wake-ups
     if config["compile"]:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
@@ -197,7 +200,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             tracker.log_epoch(metrics, step=epoch + 1)
             if epoch == start_epoch:
-                tracker.log_epoch({"data_resident": float(feeds["train"].is_resident)}, step=epoch + 1)
+                tracker.log_epoch(
+                    {"data_resident": float(feeds["train"].is_resident), "gloo_io_threads_idle": float(idled)},
+                    step=epoch + 1,
+                )
             summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train_", "val_")))
             # To the real stdout: Ray Train's print patch would also copy it into the logger (twice).
             line = f"{spec.key} epoch {epoch + 1}/{hp['epochs']} ({metrics['epoch_seconds']:.1f}s): {summary}"
@@ -329,6 +335,7 @@ def make_trainer(
             "seed": seed,
             "manifest": manifest,
             "resident_data": settings.resident_data,
+            "gloo_io_idle": settings.gloo_io_idle,
             "compile": compile_model,
             "threads_per_worker": threads_per_worker,
             "tracking_uri": settings.mlflow_tracking_uri,
@@ -430,6 +437,7 @@ def run_training(
         "cpus_per_worker": worker_cpus,
         "threads_per_worker": worker_threads,
         "resident_data": settings.resident_data,
+        "gloo_io_idle": settings.gloo_io_idle,
         "torch_compile": compile_model,
     }
     with mlflow.start_run(run_id=unfinished, experiment_id=experiment_id, run_name=run_name) as run:

@@ -62,6 +62,7 @@ def test_training_run_records_params_epochs_lineage_and_plots(first_run, client)
         assert float(run.data.params["cpus_per_worker"]) == 0.5
         assert run.data.params["threads_per_worker"] == "1"  # a core each
         assert run.data.metrics["data_resident"] == 1.0
+        assert run.data.metrics["gloo_io_threads_idle"] >= 1  # rank 0's gloo I/O thread (ray_jobs/gloo_io.py)
         assert 0 < run.data.metrics["startup_seconds"] < run.data.metrics["phase_fit_seconds"]
         # per-epoch metrics logged once (by rank 0), not once per worker
         for metric in ("train_loss", "val_loss", f"val_{spec.metric}"):
