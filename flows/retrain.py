@@ -49,7 +49,7 @@ from ray_jobs.cluster import ray_session
 from ray_jobs.dataset import load_split
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
-from ray_jobs.train import resolve_hparams
+from ray_jobs.train import resolve_hparams, worker_resources
 
 PREPARE = {"mnist": prepare_mnist, "diamonds": prepare_diamonds}
 DEFAULT_MODELS: list[ModelName] = ALL_MODELS
@@ -154,20 +154,23 @@ def _pipeline(
         for m, spec in specs.items():
             resolve_hparams(spec, chosen[m], epochs)
 
-    datasets: dict[str, dict] = {}
-    for spec in specs.values():
-        if spec.dataset not in datasets:
-            with step(f"prepare {spec.dataset}"):
-                prepare = PREPARE[spec.dataset]
-                datasets[spec.dataset] = prepare(seed=seed, limit_rows=limit_rows, allow_drift=allow_drift)
-    with step("publish artifacts"):
-        reporting.publish_datasets(datasets)
-
     trained: dict[str, dict] = {}
     with ExitStack() as stack:
         if not settings.ray_jobs_address:  # one Ray connection for all trainings, unless they are Ray jobs
             with step("connect to ray"):
                 stack.enter_context(ray_session(ray_address or settings.ray_address))
+            with step("check ray resources"):  # a Ray too small for num_workers: refused before data prep
+                worker_resources(num_workers, use_gpu, settings)
+
+        datasets: dict[str, dict] = {}
+        for spec in specs.values():
+            if spec.dataset not in datasets:
+                with step(f"prepare {spec.dataset}"):
+                    prepare = PREPARE[spec.dataset]
+                    datasets[spec.dataset] = prepare(seed=seed, limit_rows=limit_rows, allow_drift=allow_drift)
+        with step("publish artifacts"):
+            reporting.publish_datasets(datasets)
+
         for m, spec in specs.items():
             with step(f"train {m}"):
                 trained[m] = train(

@@ -27,7 +27,7 @@ from flows.retrain import DEFAULT_MODELS, PREPARE, format_table
 from ray_jobs.cluster import ray_session
 from ray_jobs.models import spec_for
 from ray_jobs.settings import Settings
-from ray_jobs.train import resolve_hparams
+from ray_jobs.train import resolve_hparams, worker_resources
 from ray_jobs.tune import run_search
 
 NumSamples = Annotated[int, Field(ge=1, le=1000, description="Trials per model.")]
@@ -59,10 +59,10 @@ def tune(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     for m, spec in specs.items():  # refuse bad values before any work starts
         resolve_hparams(spec, (hparams or {}).get(m), max_epochs)
-    datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
-
     searches = []
     with ray_session(settings.ray_address):
+        worker_resources(num_workers, use_gpu, settings)  # a trial too big for the Ray: refused before data prep
+        datasets = {s.dataset: PREPARE[s.dataset](seed=seed, limit_rows=limit_rows) for s in specs.values()}
         for m, spec in specs.items():
             search = run_search(
                 m,

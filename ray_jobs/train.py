@@ -255,6 +255,17 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> floa
     return min(1.0, (cpus - settings.data_cpus) / num_workers)
 
 
+def worker_resources(num_workers: int, use_gpu: bool | None, settings: Settings) -> tuple[bool, float]:
+    """Whether the workers train on GPUs (``None``: when the connected Ray has one for each) and the
+    CPUs each asks for; ``ValueError`` when the Ray can never fit them. Callers check this before
+    any work, so that a run refused for its size has written nothing."""
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
+    return use_gpu, cpus_per_worker(num_workers, use_gpu, settings)
+
+
 def threads_per_worker(spec: ModelSpec, worker_cpus: float, cores: float | None = None) -> int:
     """PyTorch threads for each CPU worker: ``cores`` (default: the CPUs it asked for), at least one.
 
@@ -418,11 +429,7 @@ def run_training(
     dataset_dir, manifest = open_version(spec, dataset_dir)
     hp = resolve_hparams(spec, hparams, epochs)
     build_model(spec, manifest, hp)  # a bad architecture value fails here, before anything is logged or started
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
-    worker_cpus = cpus_per_worker(num_workers, use_gpu, settings)
+    use_gpu, worker_cpus = worker_resources(num_workers, use_gpu, settings)
     # A local Ray is this machine: its cores are the workers' once the first epoch has read the data.
     local_cores = None if on_cluster(settings) else ray.cluster_resources().get("CPU", 1) / num_workers
     worker_threads = threads_per_worker(spec, worker_cpus, local_cores)

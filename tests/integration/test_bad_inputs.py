@@ -299,7 +299,7 @@ CASES: dict[str, Case] = {
     "retrain: more workers than the local Ray has CPUs": Case(
         lambda state, tmp: retrain(models=[REGRESSOR.key], num_workers=3, epochs=1),
         StepFailed,
-        ("train diamonds-regressor failed", "num_workers=3", "the Ray cluster has 2"),
+        ("check ray resources failed", "num_workers=3", "the Ray cluster has 2"),
         needs=("local_ray",),
     ),
     "train: dataset version that does not exist": Case(

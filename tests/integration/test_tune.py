@@ -1,4 +1,5 @@
-"""The ``tune`` flow: a real 2-trial ASHA search on a local Ray, recorded in MLflow, seeding retrain."""
+"""The ``tune`` flow: a real 2-trial ASHA search on a local Ray, recorded in MLflow, seeding retrain; searches
+and retrains too big for the Ray refused before any data prep."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ def test_retrain_from_a_search_that_never_ran_is_refused(prefect_api, state_dir)
     with pytest.raises(StepFailed, match="no finished tune search"):
         retrain(models=[MODEL], tuned=True, limit_rows=LIMIT_ROWS)
     assert not (state_dir / "datasets").exists()  # refused before any work
+
+
+def test_runs_too_big_for_the_ray_are_refused_before_any_data_is_written(prefect_api, local_ray, state_dir):
+    with pytest.raises(StepFailed, match=r"check ray resources failed: ValueError: num_workers=3 .*the Ray cluster has 2"):
+        retrain(models=[MODEL], num_workers=3, limit_rows=LIMIT_ROWS)
+    with pytest.raises(ValueError, match=r"num_workers=3 .*the Ray cluster has 2"):
+        tune(models=[MODEL], num_samples=1, num_workers=3, limit_rows=LIMIT_ROWS)
+    assert not (state_dir / "datasets").exists()  # neither prepared a dataset version it could not train on
 
 
 def test_search_records_trials_as_child_runs_and_seeds_retrain(prefect_api, local_ray, state_dir):
