@@ -312,9 +312,10 @@ def up(config: PlatformSettings | None = None, settings: Settings | None = None,
     if prefect_db:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db
     clients = client_env(config)
-    # The UI calls the API at the address these say (default port 4200, whatever --port is).
+    # The UI calls the API at the address these say (default port 4200, whatever --port is), unless
+    # PREFECT_UI_API_URL is exported: the public address of a reverse proxy in front of the server.
     env["PREFECT_SERVER_API_HOST"], env["PREFECT_SERVER_API_PORT"] = config.host, str(config.prefect_port)
-    env["PREFECT_UI_API_URL"] = clients["PREFECT_API_URL"]
+    env.setdefault("PREFECT_UI_API_URL", clients["PREFECT_API_URL"])
     python, host = sys.executable, config.host
     prefect_cmd = [python, "-m", "prefect", "server", "start", "--host", host, "--port", str(config.prefect_port)]
     servers = [

@@ -148,6 +148,8 @@ class RunningPlatform:
 
 # What the retrain run of the platform tests asks for: the small regressor model, on a small
 # slice of its data, so the worker's run (Ray start-up included) takes about a minute.
+# The postgres platform is started as if behind a reverse proxy: its UI calls the API there.
+PROXIED_UI_API_URL = "https://prefect.example.com/api"
 RETRAIN_PARAMETERS = {"models": ["diamonds-regressor"], "epochs": 2, "num_workers": 1, "limit_rows": 3000}
 
 
@@ -178,7 +180,9 @@ class PlatformsInBackground:
             response = sqlite.create_run("retrain", "retrain", RETRAIN_PARAMETERS)
             assert response.status_code == 201, response.text
             self.retrain_run_id = response.json()["id"]
-            self.started["postgres"] = RunningPlatform.start(self.root / "postgres", SKYTRAIN_DB="postgres")
+            self.started["postgres"] = RunningPlatform.start(
+                self.root / "postgres", SKYTRAIN_DB="postgres", PREFECT_UI_API_URL=PROXIED_UI_API_URL
+            )
         except BaseException as error:  # handed to the test that needs it
             self.error = error
 

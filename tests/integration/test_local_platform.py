@@ -7,12 +7,13 @@ import datetime as dt
 import subprocess
 import sys
 
+import httpx
 import mlflow
 import pytest
 
 from flows.platform_state import cmdline
 from ray_jobs.models import spec_for
-from tests.running_platform import PROJECT_DIR, RETRAIN_PARAMETERS
+from tests.running_platform import PROJECT_DIR, PROXIED_UI_API_URL, RETRAIN_PARAMETERS
 from tests.security.listening import exposed, listeners, with_descendants
 
 DEPLOYMENTS = ["retrain", "prepare-data", "prepare-tabular", "train", "promote", "rollback", "batch-inference", "tune"]
@@ -104,6 +105,10 @@ def test_postgres_platform_keeps_both_servers_in_postgresql_and_down_stops_exact
     try:
         pids = pg.pids()
         assert set(pids) == {"postgres", "prefect", "mlflow", "worker"}
+        # An exported PREFECT_UI_API_URL (a reverse proxy's address) reaches the UI; without one the UI
+        # calls the address the server binds.
+        assert httpx.get(f"{pg.prefect_url}/ui-settings").json()["api_url"] == PROXIED_UI_API_URL
+        assert httpx.get(f"{platform.prefect_url}/ui-settings").json()["api_url"] == f"{platform.prefect_url}/api"
         experiment = mlflow.MlflowClient(tracking_uri=pg.mlflow_url).create_experiment("kept-in-postgres")
         url = f"postgresql://skytrain@127.0.0.1:{pg.env['SKYTRAIN_POSTGRES_PORT']}"
         with psycopg2.connect(f"{url}/prefect") as conn, conn.cursor() as cursor:

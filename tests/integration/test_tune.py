@@ -24,7 +24,8 @@ def test_retrain_from_a_search_that_never_ran_is_refused(prefect_api, state_dir)
 
 
 def test_runs_too_big_for_the_ray_are_refused_before_any_data_is_written(prefect_api, local_ray, state_dir):
-    with pytest.raises(StepFailed, match=r"check ray resources failed: ValueError: num_workers=3 .*the Ray cluster has 2"):
+    refused = r"check ray resources failed: ValueError: num_workers=3 .*the Ray cluster has 2"
+    with pytest.raises(StepFailed, match=refused):
         retrain(models=[MODEL], num_workers=3, limit_rows=LIMIT_ROWS)
     with pytest.raises(ValueError, match=r"num_workers=3 .*the Ray cluster has 2"):
         tune(models=[MODEL], num_samples=1, num_workers=3, limit_rows=LIMIT_ROWS)
