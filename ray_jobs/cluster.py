@@ -34,6 +34,14 @@ LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
 
+_started_local = False  # whether this process's Ray connection is one init_local started
+
+
+def started_local_ray() -> bool:
+    """Whether this process is connected to a local Ray that ``init_local`` started (fixed size)."""
+    return _started_local and ray.is_initialized()
+
+
 def init_local(**options: Any) -> None:
     """Start a local Ray whose processes know its address (and Serve's throughput settings).
 
@@ -61,8 +69,10 @@ def init_local(**options: Any) -> None:
     os.environ.setdefault(RAY_CLUSTER_VARIABLE, "0")
     clusters_enabled = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[RAY_CLUSTER_VARIABLE].lower() in {"1", "true"}
+    global _started_local
     try:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
+        _started_local = True
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters_enabled
         for name, value in previous.items():
@@ -82,8 +92,10 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    global _started_local
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        _started_local = False
         ray.init(address=address)
     else:
         init_local()
@@ -91,3 +103,4 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        _started_local = False

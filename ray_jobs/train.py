@@ -35,7 +35,7 @@ from ray.train.v2._internal.execution import context as ray_train_context
 from torch import nn
 
 from ray_jobs import gloo_io, storage, tracking
-from ray_jobs.cluster import ray_session
+from ray_jobs.cluster import ray_session, started_local_ray
 from ray_jobs.dataset import load_split, read_manifest
 from ray_jobs.early_stopping import EarlyStopping
 from ray_jobs.evaluate import EVAL_BATCH_ROWS, predict_in_batches, score
@@ -229,8 +229,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def on_cluster(settings: Settings) -> bool:
-    """Connected to a Ray cluster (whose autoscaler may add nodes), not a local fixed-size Ray."""
-    return bool(settings.ray_address or os.environ.get("RAY_ADDRESS"))
+    """Connected to a Ray cluster (whose autoscaler may add nodes), not a local fixed-size Ray: an
+    address is configured (``SKYTRAIN_RAY_ADDRESS``; ``RAY_ADDRESS``, as in a Ray job), or this
+    process connected by address (a flow's ``ray_address`` parameter) rather than starting its own."""
+    if settings.ray_address or os.environ.get("RAY_ADDRESS"):
+        return True
+    return ray.is_initialized() and not started_local_ray()
 
 
 def cpus_per_worker(num_workers: int, use_gpu: bool, settings: Settings) -> float:
