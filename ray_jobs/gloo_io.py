@@ -1,12 +1,13 @@
 """Gloo's I/O thread yields its core to the threads it serves.
 
 Gloo's TCP transport moves every byte of a collective in one thread per process,
-``gloo_tcp_loop``, which keeps polling ``epoll_wait`` while a collective is in flight: it uses a
-core for as long as the collective lasts. On Linux 6.6+ (EEVDF) a thread woken on that core, such
-as the one that must run the collective's next step, waits for the poller's time slice to end, up to
-a scheduler tick. Two processes all-reducing 80 KB (the regressor's gradients) on these 2-core VMs:
-median 0.37 ms, but every third call or so took 4 ms, 1.29 ms on average. With the poller on
-``SCHED_IDLE`` any woken thread preempts it at once: 0.26 ms on average, none over 0.4 ms.
+``gloo_tcp_loop``, which keeps calling ``epoll_wait`` while a collective is in flight (``perf``: most
+of its samples there; 0.7 ms of CPU per 1.3 ms all-reduce). On these VMs (Linux 6.18) a thread
+woken on its core, such as the one that must run the collective's next step, then often waited a
+whole scheduler tick (4 ms) before it ran. Two processes all-reducing 80 KB (the regressor's
+gradients) on 2 cores: median 0.37 ms, but every third call or so took 4 ms, 1.29 ms on average,
+pinned to one core each or not. With the poller on ``SCHED_IDLE`` any woken thread preempts it at
+once: 0.26 ms on average, none over 0.4 ms (``nice 19``: 0.44 ms, still with 4 ms calls).
 
 ``SCHED_IDLE`` only lowers the poller against the other runnable threads of its core; it still
 runs whenever the core has nothing else to do, which is the case while a worker waits on a
