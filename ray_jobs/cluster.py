@@ -34,12 +34,12 @@ LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
 
-_started_local = False  # whether this process's Ray connection is one init_local started
+_local_gcs_address: str | None = None  # the GCS of the last Ray init_local started
 
 
 def started_local_ray() -> bool:
     """Whether this process is connected to a local Ray that ``init_local`` started (fixed size)."""
-    return _started_local and ray.is_initialized()
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address == _local_gcs_address
 
 
 def init_local(**options: Any) -> None:
@@ -69,10 +69,10 @@ def init_local(**options: Any) -> None:
     os.environ.setdefault(RAY_CLUSTER_VARIABLE, "0")
     clusters_enabled = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[RAY_CLUSTER_VARIABLE].lower() in {"1", "true"}
-    global _started_local
+    global _local_gcs_address
     try:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
-        _started_local = True
+        _local_gcs_address = ray.get_runtime_context().gcs_address
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters_enabled
         for name, value in previous.items():
@@ -92,10 +92,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    global _started_local
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _started_local = False
         ray.init(address=address)
     else:
         init_local()
@@ -103,4 +101,3 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-        _started_local = False
