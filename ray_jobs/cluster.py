@@ -12,6 +12,9 @@ import ray
 from ray._private import ray_constants
 from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
 
+from ray_jobs import serve_ingress
+from ray_jobs.settings import Settings
+
 # Ray Serve's throughput settings (its controller lists them as "throughput optimized"): user code and
 # the router run on each replica's main event loop instead of extra threads and loops, and the proxy
 # talks gRPC to the replicas. skytrain's replicas never block their loop (inference runs in a thread).
@@ -56,6 +59,9 @@ def init_local(**options: Any) -> None:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is off: set for Ray's processes here, and for this one
     during ``ray.init`` (Ray read the variable when it was imported). A value already set wins:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` gives Ray's own default back.
+
+    Ray Serve on this Ray takes HTTP through HAProxy unless ``SKYTRAIN_SERVE_INGRESS=proxy``
+    (``serve_ingress``): its variables reach Ray's processes only, as the GCS port does.
     """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -64,7 +70,13 @@ def init_local(**options: Any) -> None:
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    previous = {name: os.environ.get(name) for name in (GCS_PORT_ENVIRONMENT_VARIABLE, RAY_CLUSTER_VARIABLE)}
+    ingress = {
+        name: value
+        for name, value in serve_ingress.local_ray_environment(Settings().serve_ingress).items()
+        if name not in os.environ
+    }
+    previous = {name: os.environ.get(name) for name in (GCS_PORT_ENVIRONMENT_VARIABLE, RAY_CLUSTER_VARIABLE, *ingress)}
+    os.environ.update(ingress)
     os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
     os.environ.setdefault(RAY_CLUSTER_VARIABLE, "0")
     clusters_enabled = ray_constants.ENABLE_RAY_CLUSTER

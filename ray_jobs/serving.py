@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,14 +248,32 @@ def logging_config(settings: Settings) -> dict[str, Any]:
 
 
 def start(settings: Settings) -> None:
-    """Start Serve with its HTTP proxy on ``serve_host:serve_port``."""
+    """Start Serve taking HTTP on ``serve_host:serve_port``: through HAProxy on a local Ray
+    (``ray_jobs/serve_ingress.py``), through Serve's proxy where the Ray runs without it."""
     serve.start(
         http_options={"host": settings.serve_host, "port": settings.serve_port}, logging_config=logging_config(settings)
     )
 
 
-def run(model: str, settings: Settings) -> str:
-    """Deploy (or update in place) the application of ``model`` at ``/<model>``; its base URL."""
+def answers(url: str) -> bool:
+    """Whether the application itself answers ``GET <url>/version`` (200, or 503 before a champion):
+    not the front's own error page while it is still being pointed at a new replica."""
+    try:
+        with urllib.request.urlopen(f"{url}/version", timeout=5) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as error:
+        body = error.read()
+    except OSError:
+        return False
+    try:
+        return isinstance(decoded := json.loads(body), dict) and "model" in decoded
+    except ValueError:
+        return False
+
+
+def run(model: str, settings: Settings, timeout: float = 120) -> str:
+    """Deploy (or update in place) the application of ``model`` at ``/<model>``; its base URL, once
+    the application answers there."""
     serve.run(
         application(model, settings),
         name=model,
@@ -260,7 +281,14 @@ def run(model: str, settings: Settings) -> str:
         blocking=False,
         logging_config=logging_config(settings),
     )
-    return f"http://{settings.serve_host}:{settings.serve_port}/{model}"
+    host = "127.0.0.1" if settings.serve_host in ("0.0.0.0", "::") else settings.serve_host
+    url = f"http://{host}:{settings.serve_port}/{model}"
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the application of {model} was deployed but never answered at {url}/version")
+        time.sleep(0.1)
+    return url
 
 
 def deploy(models: list[str], settings: Settings) -> dict[str, str]:

@@ -103,7 +103,12 @@ class Settings(BaseSettings):
     """onnxruntime execution providers, JSON list; empty: TensorRT, CUDA, CPU, those available."""
 
     serve_host: str = "127.0.0.1"
-    """Where Ray Serve's HTTP proxy listens (``0.0.0.0`` opens it to the network)."""
+    """Where Ray Serve takes HTTP requests (``0.0.0.0`` opens it to the network)."""
+
+    serve_ingress: Literal["haproxy", "proxy"] = "haproxy"
+    """What a local Ray puts on the serving port: HAProxy in front of the replicas' own HTTP servers
+    (``ray_jobs/serve_ingress.py``), or ``proxy``, Ray Serve's Python proxy actor. Read when the local
+    Ray starts; a Ray cluster takes its nodes' environment (README, "Serving on a cluster")."""
 
     serve_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -202,16 +203,24 @@ def test_unknown_routes_and_wrong_methods_are_refused(service):
     assert missing.status_code == 404 and "use POST /predict" in missing.json()["error"]
 
 
+def is_haproxy(listener) -> bool:
+    return Path(listener.process.split()[0]).name == "haproxy"
+
+
 def test_serve_listens_on_loopback_only(service):
-    """``serve_host`` defaults to 127.0.0.1: Serve's proxy holds the serving port there, and no Serve
-    process (proxy, controller, the replicas' gRPC servers) listens anywhere else."""
+    """``serve_host`` defaults to 127.0.0.1: HAProxy holds the serving port there (the session's Ray
+    starts with ``serve_ingress`` at its default), each replica serves HTTP behind it, and no Serve
+    process (HAProxy with its stats page and metrics exporter, Serve's proxy and controller, the
+    replicas' HTTP and gRPC servers) listens anywhere else."""
     port = int(service["urls"]["mnist-cnn"].split(":")[2].split("/")[0])
     found = [
-        s for s in listeners(with_descendants([os.getpid()])) if s.process.startswith(("ray::Serve", "ray::ProxyActor"))
+        s
+        for s in listeners(with_descendants([os.getpid()]))
+        if s.process.startswith(("ray::Serve", "ray::ProxyActor", "ray::HAProxy")) or is_haproxy(s)
     ]
-    assert any(s.port == port and s.process.startswith("ray::ProxyActor") for s in found), (
-        f"no proxy listens on port {port}: {found}"
-    )
+    assert any(s.port == port and is_haproxy(s) for s in found), f"no HAProxy listens on port {port}: {found}"
+    # Its stats page and Prometheus exporter, which Ray's template binds to every interface.
+    assert len({s.port for s in found if is_haproxy(s)}) >= 3, f"HAProxy's side listeners are missing: {found}"
     replicas = {s.pid for s in found if s.process.startswith("ray::ServeReplica")}
     assert len(replicas) == 2, f"expected a listening replica per model: {found}"
     assert not exposed(found), "Ray Serve listens beyond loopback:\n" + "\n".join(exposed(found))
