@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ray_jobs import payload, replica_grpc
-from ray_jobs.cluster import ray_session
+from ray_jobs.cluster import ray_session, started_local_ray
 from ray_jobs.inference import CHAMPION, load_predictor, training_manifest
 from ray_jobs.models import SPECS, spec_for
 from ray_jobs.scoring import Scoring, outputs
@@ -272,8 +272,9 @@ def answers(url: str) -> bool:
 
 
 def run(model: str, settings: Settings, timeout: float = 120) -> str:
-    """Deploy (or update in place) the application of ``model`` at ``/<model>``; its base URL, once
-    the application answers there."""
+    """Deploy (or update in place) the application of ``model`` at ``/<model>``; its base URL. On the
+    local Ray this process started, once the application answers there (a cluster's serving address
+    need not be reachable from here)."""
     serve.run(
         application(model, settings),
         name=model,
@@ -284,7 +285,7 @@ def run(model: str, settings: Settings, timeout: float = 120) -> str:
     host = "127.0.0.1" if settings.serve_host in ("0.0.0.0", "::") else settings.serve_host
     url = f"http://{host}:{settings.serve_port}/{model}"
     deadline = time.monotonic() + timeout
-    while not answers(url):
+    while started_local_ray() and not answers(url):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the application of {model} was deployed but never answered at {url}/version")
         time.sleep(0.1)
