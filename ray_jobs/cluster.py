@@ -31,7 +31,15 @@ SERVE_THROUGHPUT_SETTINGS = {
 # spot nodes are) has nothing to watch on one machine: a local Ray trains without it. Its actor sat on each
 # training's start-up path: a one-epoch fit() took 34-43 s with it, 28-31 s without, on 2 cores here. The
 # driver's value reaches Ray Train's controller; one already set wins.
-LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+#
+# Ray Train's controller collects the workers' reports by polling them every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's report queue holds one: a worker's
+# next ray.train.report() waits until the previous one was collected. An epoch faster than the interval
+# then lasts the interval: the regressor's 15 epochs of 0.1 s took a 44 s fit(), 14 s at 0.1 s (1 worker,
+# 2 cores here; 11.5 s of both is start-up); the CNN's 8 s epochs were unchanged within noise and its
+# 3-epoch fit() lost the last report's wait (43.6-43.9 -> 40.5-40.6 s). A poll that misses is retried;
+# a worker is declared hung only after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 min) either way.
+LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: "0" makes 127.0.0.1 the node address, and Ray binds loopback only.
 RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
