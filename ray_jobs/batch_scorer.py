@@ -29,8 +29,11 @@ def text_type(kind: pa.DataType) -> bool:
 
 
 def _reject(reasons: np.ndarray, rows: np.ndarray, reason: str) -> None:
-    """Give ``rows`` this reason unless an earlier rule rejected them: a row keeps its first reason."""
-    reasons[np.asarray(rows) & (reasons == None)] = reason  # noqa: E711 (element-wise)
+    """Give ``rows`` this reason unless an earlier rule rejected them: a row keeps its first reason.
+    A rule no row breaks (the usual case) costs one pass over a boolean mask, none over the reasons."""
+    rows = np.asarray(rows)
+    if rows.any():
+        reasons[rows & (reasons == None)] = reason  # noqa: E711 (element-wise)
 
 
 def _numbers(array: pa.Array) -> np.ndarray:
@@ -52,7 +55,8 @@ def _check_values(values: np.ndarray, column: str, reasons: np.ndarray) -> None:
 
 
 def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndarray:
-    _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    if array.null_count:
+        _reject(reasons, array.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
     if text_type(array.type):
         import pandas as pd  # only for text columns: workers start without it
 
@@ -65,7 +69,8 @@ def _scalar_column(array: pa.Array, column: str, reasons: np.ndarray) -> np.ndar
 
 
 def _tensor_column(lists: pa.Array, column: str, size: int, reasons: np.ndarray) -> np.ndarray:
-    _reject(reasons, lists.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
+    if lists.null_count:
+        _reject(reasons, lists.is_null().to_numpy(zero_copy_only=False), f"column '{column}' is null")
     lengths = pc.list_value_length(lists).fill_null(size).to_numpy(zero_copy_only=False)
     _reject(reasons, lengths != size, f"column '{column}' does not hold {size} values")
     kept = reasons == None  # noqa: E711

@@ -48,3 +48,44 @@ def test_the_same_name_and_version_from_another_store_is_loaded_again(loads):
     other = batch_scorer.score(_batch(), _scoring("/b"), 1, None)
     assert loads == ["file:///a/models/m-1", "file:///b/models/m-1"]
     assert other.column("y").to_pylist()[0] == 5.0  # scored by the second model, not the cached first
+
+
+def test_each_rejected_row_keeps_the_first_rule_it_breaks_and_clean_rows_none():
+    batch = pa.table(
+        {
+            "a": pa.array([1.0, None, np.inf, 4.0, 1e39, 6.0], pa.float64()),
+            "b": pa.array(["2", "3", "x", None, "5", "6"]),
+        }
+    )
+    features, reasons = batch_scorer.validate(batch, _scoring("/a"))
+    assert reasons.tolist() == [
+        None,
+        "column 'a' is null",  # b is fine on this row
+        "column 'a' holds a NaN or infinite value",  # b is not a number either: a's rule came first
+        "column 'b' is null",
+        "column 'a' is beyond float32's range",
+        None,
+    ]
+    assert features.dtype == np.float32 and features.tolist() == [[1.0, 2.0], [6.0, 6.0]]
+
+
+def test_a_clean_batch_has_no_reason_and_every_row_scored():
+    batch = pa.table({"a": pa.array(np.arange(1000, dtype=np.float32)), "b": pa.array(np.ones(1000))})
+    features, reasons = batch_scorer.validate(batch, _scoring("/a"))
+    assert (reasons == None).all() and features.shape == (1000, 2)  # noqa: E711
+    assert features[:, 0].tolist() == list(range(1000))
+
+
+def test_image_rows_of_the_wrong_length_or_with_a_missing_value_are_rejected():
+    manifest = {**MANIFEST, "task": "classification", "feature_columns": ["image"], "feature_shape": [1, 3]}
+    scoring = Scoring("m", "1", "file:///a", "sqlite:///db", manifest)
+    images = pa.array([[1, 2, 3], [1, 2], None, [1, None, 3], [4, 5, 6]], pa.list_(pa.float32()))
+    features, reasons = batch_scorer.validate(pa.table({"image": images}), scoring)
+    assert reasons.tolist() == [
+        None,
+        "column 'image' does not hold 3 values",
+        "column 'image' is null",
+        "column 'image' holds a missing value",
+        None,
+    ]
+    assert features.tolist() == [[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]]
