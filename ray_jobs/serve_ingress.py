@@ -125,4 +125,8 @@ def local_ray_environment(mode: str) -> dict[str, str]:
     # HAProxy refuses socket paths over 97 characters. mkdtemp makes it mode 0700.
     folder = Path(tempfile.mkdtemp(prefix="skyhap-", dir="/tmp" if os.path.isdir("/tmp") else None))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return haproxy_environment(folder, binary)
+    environment = haproxy_environment(folder, binary)
+    if not os.access(environment["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK):  # /tmp mounted noexec
+        logger.warning("%s cannot run programs (noexec?); Ray Serve's own proxy takes HTTP instead", folder)
+        return {}
+    return environment

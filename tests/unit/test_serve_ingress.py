@@ -112,3 +112,14 @@ def test_without_an_haproxy_binary_serve_keeps_its_own_proxy(monkeypatch, caplog
     monkeypatch.setattr(serve_ingress, "haproxy_binary", missing)
     assert serve_ingress.local_ray_environment("haproxy") == {}
     assert "Ray Serve's own proxy takes HTTP instead" in caplog.text
+
+
+def test_where_the_wrapper_cannot_run_serve_keeps_its_own_proxy(monkeypatch, caplog):
+    real_access = serve_ingress.os.access
+
+    def noexec(path, mode):  # as access(2) answers on a filesystem mounted noexec
+        return False if mode == serve_ingress.os.X_OK and "skyhap-" in str(path) else real_access(path, mode)
+
+    monkeypatch.setattr(serve_ingress.os, "access", noexec)
+    assert serve_ingress.local_ray_environment("haproxy") == {}
+    assert "cannot run programs" in caplog.text
