@@ -56,7 +56,7 @@ def read_source(kind: str, location: str) -> dict:
     if kind == "pickle":
         raw, _ = mnist.read_verified(location, Settings().mnist_sha256)
         return mnist.parse(raw, location)
-    return idx.mnist_splits(lambda name: (Path(location) / name).read_bytes(), location)
+    return idx.mnist_splits(lambda name: (Path(location) / name).read_bytes(), location, eight_bit=True)
 
 
 def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple[float, dict]:
@@ -71,6 +71,7 @@ def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple
         limit_rows=None,
         min_class_share=settings.min_class_share,
         max_duplicate_fraction=settings.max_duplicate_fraction,
+        eight_bit=kind == "idx",
     )
     quality.drift(report_, None, manifest["profile"], quality.DriftThresholds(), previous_version=None)
     report_.raise_for_failures()

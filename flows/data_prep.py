@@ -199,7 +199,7 @@ def _read_mnist_splits(location: str, kind: str, sha256: str) -> dict:
     def read(name: str) -> bytes:
         return read_source(sources.join(location, name))
 
-    return idx.mnist_splits(read, location)
+    return idx.mnist_splits(read, location, eight_bit=True)
 
 
 @_cached_build("build-mnist-version")
@@ -228,6 +228,7 @@ def build_mnist_version(
             limit_rows=limit_rows,
             min_class_share=settings.min_class_share,
             max_duplicate_fraction=settings.max_duplicate_fraction,
+            eight_bit=kind == "idx",
         )
         params = {"seed": seed, "val_size": val_size, "limit_rows": limit_rows}
         manifest |= _source_manifest(source, sha256, params, mnist.TRANSFORM, kind)

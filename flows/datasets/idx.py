@@ -197,12 +197,16 @@ def _check_labels(labels: np.ndarray, images: np.ndarray, split: str, file: str)
     )
 
 
-def mnist_splits(read: Callable[[str], bytes], location: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mnist_splits(
+    read: Callable[[str], bytes], location: str, *, eight_bit: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read and check the four standard MNIST IDX files through ``read(name)``.
 
     ``location`` (folder or prefix) only names the files in errors. Returns
     ``{"train": (images, labels), "test": (images, labels)}``: images float32 pixel / 256 shaped
     (n, 28, 28), labels int64 (the same values as the bundled pickle for the same data).
+    ``eight_bit``: the images as read, uint8, for ``mnist.prepare(..., eight_bit=True)``, which
+    scales them once while normalizing (no float copy of the whole set).
     """
     splits = {}
     for split, (images_name, labels_name) in MNIST_FILES.items():
@@ -212,6 +216,6 @@ def mnist_splits(read: Callable[[str], bytes], location: str) -> dict[str, tuple
         labels = _read(read, labels_name, labels_file)
         _check_labels(labels, images, split, labels_file)
         # One float32 array (x * 2**-8 is exactly x / 256), not a float copy then a divided one.
-        pixels = np.multiply(images, np.float32(1 / PIXEL_SCALE), dtype=np.float32)
+        pixels = images if eight_bit else np.multiply(images, np.float32(1 / PIXEL_SCALE), dtype=np.float32)
         splits[split] = (pixels, labels.astype(np.int64))
     return splits

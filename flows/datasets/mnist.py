@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from flows.datasets import array_pickle, gzipped, quality, sources
+from flows.datasets import array_pickle, gzipped, idx, quality, sources
 from flows.datasets.validation import DataValidationError, require
 
 NAME = "mnist"
@@ -24,6 +24,7 @@ PIXELS = SIDE * SIDE
 CLASSES = 10
 SOURCE_SPLITS = ("train", "valid", "test")
 PIXEL_NAMES = [f"pixel[{row},{col}]" for row in range(SIDE) for col in range(SIDE)]
+EIGHT_BIT_SCALE = idx.PIXEL_SCALE  # IDX's 8-bit pixels stand for pixel / 256 (exact in float32)
 
 
 def read_verified(location: Path | str, expected_sha256: str) -> tuple[bytes, str]:
@@ -73,8 +74,13 @@ def parse(raw: bytes, path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarra
     return splits
 
 
-def validate(splits: dict[str, tuple[np.ndarray, np.ndarray]], file: Path | str) -> quality.Report:
-    """The content rules of every split; raises ``DataValidationError`` at the first failed one."""
+def validate(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], file: Path | str, *, eight_bit: bool = False
+) -> quality.Report:
+    """The content rules of every split; raises ``DataValidationError`` at the first failed one.
+
+    ``eight_bit``: the images are IDX's 8-bit pixels (uint8, standing for pixel / 256), not floats.
+    """
     report = quality.Report(str(file))
     for name, (images, labels) in splits.items():
         field = f"{name}.images"
@@ -84,11 +90,19 @@ def validate(splits: dict[str, tuple[np.ndarray, np.ndarray]], file: Path | str)
             f"shape (n, {SIDE}x{SIDE})",
             detail=f"found shape {images.shape}",
         )
-        report.check(np.issubdtype(images.dtype, np.floating), field, "float pixels", detail=f"dtype {images.dtype}")
+        if eight_bit:
+            report.check(images.dtype == np.uint8, field, "8-bit pixels", detail=f"dtype {images.dtype}")
+        else:
+            report.check(
+                np.issubdtype(images.dtype, np.floating), field, "float pixels", detail=f"dtype {images.dtype}"
+            )
         report.raise_for_failures()  # the value rules below need the right shape and type
-        # min and max propagate NaN and infinity: when both are finite, every pixel is (no mask of
-        # 55 million booleans to count them; that is built only when there is something to count).
-        lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
+        if eight_bit:  # every 8-bit pixel is a finite pixel / 256 in [0, 1)
+            lo, hi = (float(images.min(initial=0)) / EIGHT_BIT_SCALE, float(images.max(initial=0)) / EIGHT_BIT_SCALE)
+        else:
+            # min and max propagate NaN and infinity: when both are finite, every pixel is (no mask of
+            # 55 million booleans to count them; that is built only when there is something to count).
+            lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
         bad = 0 if np.isfinite(lo) and np.isfinite(hi) else int(np.count_nonzero(~np.isfinite(images)))
         report.check(not bad, field, "no NaN or infinite pixel", count=bad, detail=f"{bad} found")
         if bad:
@@ -162,8 +176,14 @@ def _mean_std(moments: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
 
 def _normalized(pixels: np.ndarray, mean: float, std: float, *, in_place: bool = False) -> np.ndarray:
     """(pixels - mean) / std in float32; ``in_place`` overwrites ``pixels`` (a float32 array of our
-    own) instead of allocating: on these VMs fresh memory costs more than the arithmetic."""
-    out = np.subtract(pixels, np.float32(mean), out=pixels if in_place else None, dtype=np.float32)
+    own) instead of allocating: on these VMs fresh memory costs more than the arithmetic. 8-bit
+    pixels are scaled to pixel / 256 first, into the one new array: the same float32 values as
+    normalizing IDX's pixels converted at read, without the converted copy."""
+    if pixels.dtype == np.uint8:
+        out = np.multiply(pixels, np.float32(1 / EIGHT_BIT_SCALE), dtype=np.float32)
+        out -= np.float32(mean)
+    else:
+        out = np.subtract(pixels, np.float32(mean), out=pixels if in_place else None, dtype=np.float32)
     out *= np.float32(1.0 / std)
     return out
 
@@ -228,6 +248,8 @@ def _tables(
     if limit_rows is not None:
         parts = {k: (x[:limit_rows], y[:limit_rows]) for k, (x, y) in parts.items()}
     moments = quality.column_moments(parts["train"][0])
+    if images.dtype == np.uint8:  # moments of pixel / 256: exact, the scale is a power of two
+        moments = (moments[0] / EIGHT_BIT_SCALE, moments[1] / EIGHT_BIT_SCALE**2)
     profile = quality.profile(parts["train"][0], parts["train"][1], PIXEL_NAMES, "classification", moments)
     mean, std = _mean_std(moments)
     # train and val are slices of the shuffled array, made for this: normalized where they are.
@@ -256,9 +278,15 @@ def prepare(
     limit_rows: int | None,
     min_class_share: float,
     max_duplicate_fraction: float,
+    eight_bit: bool = False,
 ) -> tuple[quality.Report, dict[str, pa.Table], dict[str, Any]]:
-    """Every rule, then the transform: the report (passed), the split tables and the manifest."""
-    report = validate(splits, file)
+    """Every rule, then the transform: the report (passed), the split tables and the manifest.
+
+    ``eight_bit``: the images are IDX's uint8 pixels (``idx.mnist_splits(..., eight_bit=True)``),
+    kept so through the seeded shuffle (a quarter of the bytes to move) and scaled once, when
+    normalized: the same tables and manifest as from the float pixels, with less fresh memory.
+    """
+    report = validate(splits, file, eight_bit=eight_bit)
     _check_val_size(splits, val_size)
     # The official training set, shuffled once: the rules count over it (order does not change a
     # class share or a duplicate), then the split takes its slices.

@@ -27,6 +27,7 @@ from flows.datasets.validation import DataValidationError
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 PSI_FLOOR = 1e-4  # share given to an empty bin, so the index stays finite
+ROWS_PER_BLOCK = 2048  # integer features are converted to float this many rows at a time
 PERCENTILES = np.arange(101, dtype=np.float64)
 DECILE_INDEX = np.arange(10, 100, 10)  # the 10th..90th percentiles: edges of the previous version's deciles
 SPREAD_FLOOR = 0.01  # of the largest feature std: below it a feature's spread is not compared
@@ -115,8 +116,13 @@ def duplicate_count(features: np.ndarray, target: np.ndarray | None = None) -> i
     group are compared value by value.
     """
     flat = features.reshape(len(features), -1)
-    weights = np.random.default_rng(0).standard_normal((flat.shape[1], 2)).astype(flat.dtype, copy=False)
-    keys = flat @ weights if flat.dtype.kind == "f" else flat.astype(np.float64) @ weights
+    weights = np.random.default_rng(0).standard_normal((flat.shape[1], 2))
+    if flat.dtype.kind == "f":
+        keys = flat @ weights.astype(flat.dtype, copy=False)
+    else:  # integers (8-bit pixels): projected a block of rows at a time, never as one float copy
+        keys = np.empty((len(flat), 2))
+        for lo in range(0, len(flat), ROWS_PER_BLOCK):
+            keys[lo : lo + ROWS_PER_BLOCK] = flat[lo : lo + ROWS_PER_BLOCK].astype(np.float64) @ weights
     if target is not None:
         keys = np.column_stack([keys, target.reshape(len(flat), -1).astype(np.float64)])
     _, group, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
@@ -166,11 +172,20 @@ def class_balance(report: Report, labels: np.ndarray, classes: int, min_share: f
 
 
 def column_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per feature (column of the flattened rows): the mean and the mean of the squares, in float64."""
+    """Per feature (column of the flattened rows): the mean and the mean of the squares, in float64.
+    Integer features (8-bit pixels) are summed a block of rows at a time, never as one float copy."""
     flat = features.reshape(len(features), -1)
-    mean = flat.sum(axis=0, dtype=np.float64) / max(len(flat), 1)
-    squares = np.einsum("ij,ij->j", flat, flat, dtype=np.float64) / max(len(flat), 1)
-    return mean, squares
+    if flat.dtype.kind == "f":
+        sums = flat.sum(axis=0, dtype=np.float64)
+        squares = np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
+    else:
+        sums, squares = np.zeros(flat.shape[1]), np.zeros(flat.shape[1])
+        for lo in range(0, len(flat), ROWS_PER_BLOCK):
+            block = flat[lo : lo + ROWS_PER_BLOCK].astype(np.float64)
+            sums += block.sum(axis=0)
+            squares += np.einsum("ij,ij->j", block, block)
+    rows = max(len(flat), 1)
+    return sums / rows, squares / rows
 
 
 def profile(

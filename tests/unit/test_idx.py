@@ -345,3 +345,31 @@ def test_huge_header_fails_fast_without_allocating(compress):
         tracemalloc.stop()
     assert (err.value.field, err.value.rule) == ("payload", "complete payload (not truncated)")
     assert peak < 1_000_000, f"peak {peak} bytes"  # the claimed size was never allocated
+
+
+def test_eight_bit_pixels_prepare_the_same_version_with_their_own_type_rule():
+    """IDX's uint8 pixels kept through the shuffle and scaled once when normalized: the same tables
+    and manifest (moments, profile, normalization) as from the pixels converted to float at read."""
+    read = reader(sample_files(train=60, test=20))
+    options = dict(seed=3, val_size=10, limit_rows=None, min_class_share=0.1, max_duplicate_fraction=0.5)
+    floats = mnist.prepare(idx.mnist_splits(read, LOCATION), LOCATION, **options)
+    eight_bit_splits = idx.mnist_splits(read, LOCATION, eight_bit=True)
+    assert {name: images.dtype for name, (images, _) in eight_bit_splits.items()} == {
+        "train": np.uint8,
+        "test": np.uint8,
+    }
+    eight_bit = mnist.prepare(eight_bit_splits, LOCATION, eight_bit=True, **options)
+    for name, table in floats[1].items():
+        assert table.equals(eight_bit[1][name]), name
+    assert floats[2] == eight_bit[2]
+    rules = [(check["rule"], check["status"]) for check in eight_bit[0].to_dict()["checks"]]
+    assert rules == [
+        ("8-bit pixels" if rule == "float pixels" else rule, status)
+        for rule, status in ((c["rule"], c["status"]) for c in floats[0].to_dict()["checks"])
+    ]
+
+
+def test_eight_bit_splits_must_hold_eight_bit_pixels():
+    splits = idx.mnist_splits(reader(sample_files(train=5, test=3)), LOCATION)  # floats
+    with pytest.raises(DataValidationError, match="8-bit pixels"):
+        mnist.validate(splits, Path(LOCATION), eight_bit=True)
