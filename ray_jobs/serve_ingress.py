@@ -84,15 +84,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def haproxy_environment(folder: Path, binary: str | None = None) -> dict[str, str]:
-    """The environment of a Ray whose Serve puts HAProxy in front of its replicas, its files in
-    ``folder`` (which the caller created, mode 0700) and its side listeners on 127.0.0.1."""
+def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
+    """The environment of a Ray whose Serve puts HAProxy (``binary``) in front of its replicas, its
+    files in ``folder`` (which the caller created, mode 0700) and its side listeners on 127.0.0.1."""
     stats, metrics = _free_port(), _free_port()
     wrapper = folder / "haproxy"
     wrapper.write_text(
         WRAPPER.replace("{stats}", str(stats))
         .replace("{metrics}", str(metrics))
-        .replace("{binary}", shlex.quote(binary or haproxy_binary()))
+        .replace("{binary}", shlex.quote(binary))
     )
     wrapper.chmod(0o700)
     return {

@@ -24,7 +24,6 @@ PIXELS = SIDE * SIDE
 CLASSES = 10
 SOURCE_SPLITS = ("train", "valid", "test")
 PIXEL_NAMES = [f"pixel[{row},{col}]" for row in range(SIDE) for col in range(SIDE)]
-EIGHT_BIT_SCALE = idx.PIXEL_SCALE  # IDX's 8-bit pixels stand for pixel / 256 (exact in float32)
 
 
 def read_verified(location: Path | str, expected_sha256: str) -> tuple[bytes, str]:
@@ -98,7 +97,7 @@ def validate(
             )
         report.raise_for_failures()  # the value rules below need the right shape and type
         if eight_bit:  # every 8-bit pixel is a finite pixel / 256 in [0, 1)
-            lo, hi = (float(images.min(initial=0)) / EIGHT_BIT_SCALE, float(images.max(initial=0)) / EIGHT_BIT_SCALE)
+            lo, hi = (float(images.min(initial=0)) / idx.PIXEL_SCALE, float(images.max(initial=0)) / idx.PIXEL_SCALE)
         else:
             # min and max propagate NaN and infinity: when both are finite, every pixel is (no mask of
             # 55 million booleans to count them; that is built only when there is something to count).
@@ -180,7 +179,7 @@ def _normalized(pixels: np.ndarray, mean: float, std: float, *, in_place: bool =
     pixels are scaled to pixel / 256 first, into the one new array: the same float32 values as
     normalizing IDX's pixels converted at read, without the converted copy."""
     if pixels.dtype == np.uint8:
-        out = np.multiply(pixels, np.float32(1 / EIGHT_BIT_SCALE), dtype=np.float32)
+        out = np.multiply(pixels, np.float32(1 / idx.PIXEL_SCALE), dtype=np.float32)
         out -= np.float32(mean)
     else:
         out = np.subtract(pixels, np.float32(mean), out=pixels if in_place else None, dtype=np.float32)
@@ -249,7 +248,7 @@ def _tables(
         parts = {k: (x[:limit_rows], y[:limit_rows]) for k, (x, y) in parts.items()}
     moments = quality.column_moments(parts["train"][0])
     if images.dtype == np.uint8:  # moments of pixel / 256: exact, the scale is a power of two
-        moments = (moments[0] / EIGHT_BIT_SCALE, moments[1] / EIGHT_BIT_SCALE**2)
+        moments = (moments[0] / idx.PIXEL_SCALE, moments[1] / idx.PIXEL_SCALE**2)
     profile = quality.profile(parts["train"][0], parts["train"][1], PIXEL_NAMES, "classification", moments)
     mean, std = _mean_std(moments)
     # train and val are slices of the shuffled array, made for this: normalized where they are.
