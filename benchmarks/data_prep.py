@@ -52,26 +52,28 @@ def write_idx_files(folder: Path, train_rows: int | None, test_rows: int | None)
     return folder
 
 
-def read_source(kind: str, location: str) -> dict:
+def read_source(kind: str, location: str) -> tuple[dict, bool]:
+    """The splits and whether their images are 8-bit pixels, as the flow reads them."""
     if kind == "pickle":
         raw, _ = mnist.read_verified(location, Settings().mnist_sha256)
-        return mnist.parse(raw, location)
-    return idx.mnist_splits(lambda name: (Path(location) / name).read_bytes(), location, eight_bit=True)
+        return mnist.parse_eight_bit(raw, location)
+    return idx.mnist_splits(lambda name: (Path(location) / name).read_bytes(), location, eight_bit=True), True
 
 
 def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple[float, dict]:
     """One data prep as ``build_mnist_version`` does it, without Prefect; seconds and the tables."""
     settings = Settings()
     started = time.perf_counter()
+    splits, eight_bit = read_source(kind, location)
     report_, tables, manifest = mnist.prepare(
-        read_source(kind, location),
+        splits,
         location,
         seed=42,
         val_size=val_size,
         limit_rows=None,
         min_class_share=settings.min_class_share,
         max_duplicate_fraction=settings.max_duplicate_fraction,
-        eight_bit=kind == "idx",
+        eight_bit=eight_bit,
     )
     quality.drift(report_, None, manifest["profile"], quality.DriftThresholds(), previous_version=None)
     report_.raise_for_failures()

