@@ -61,11 +61,12 @@ def read_source(kind: str, location: str) -> tuple[dict, bool]:
 
 
 def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple[float, dict]:
-    """One data prep as ``build_mnist_version`` does it, without Prefect; seconds and the tables."""
+    """One data prep as ``build_mnist_version`` does it, without Prefect; seconds and the splits
+    (normalized as they are written: ``mnist.NormalizedSplit``)."""
     settings = Settings()
     started = time.perf_counter()
     splits, eight_bit = read_source(kind, location)
-    report_, tables, manifest = mnist.prepare(
+    report_, splits, manifest = mnist.prepare(
         splits,
         location,
         seed=42,
@@ -78,12 +79,14 @@ def skytrain_prep(kind: str, location: str, store: Path, val_size: int) -> tuple
     quality.drift(report_, None, manifest["profile"], quality.DriftThresholds(), previous_version=None)
     report_.raise_for_failures()
     manifest["validation"] = report_.to_dict()
-    write_version(store, mnist.NAME, "bench", tables, manifest)
-    return time.perf_counter() - started, tables
+    write_version(store, mnist.NAME, "bench", splits, manifest)
+    return time.perf_counter() - started, splits
 
 
-def plain_write(tables: dict, folder: Path) -> float:
-    """The baseline: the same split tables, written with pyarrow's defaults, one after another."""
+def plain_write(splits: dict, folder: Path) -> float:
+    """The baseline: the same split tables (built whole first, not timed), written with pyarrow's
+    defaults, one after another."""
+    tables = {name: split.table() for name, split in splits.items()}
     folder.mkdir(parents=True)
     started = time.perf_counter()
     for name, table in tables.items():
@@ -116,13 +119,13 @@ def measure(kind: str, location: str, repeats: int, val_size: int, work: Path, w
     prep, plain, flow = [], [], []
     for repeat in range(repeats + 1):
         store = work / f"{kind}-store-{repeat}"
-        seconds, tables = skytrain_prep(kind, location, store, val_size)
+        seconds, splits = skytrain_prep(kind, location, store, val_size)
         prep.append(seconds)
-        plain.append(plain_write(tables, work / f"{kind}-plain-{repeat}"))
-        rows = sum(t.num_rows for t in tables.values())
-        # Freed before the next prep, as a data prep's caller does: alive, its ~220 MiB would push the
-        # next prep onto fresh memory.
-        del tables
+        plain.append(plain_write(splits, work / f"{kind}-plain-{repeat}"))
+        rows = sum(split.num_rows for split in splits.values())
+        # Freed before the next prep, as a data prep's caller does: alive, they would push the next
+        # prep onto fresh memory.
+        del splits
         shutil.rmtree(store)
         shutil.rmtree(work / f"{kind}-plain-{repeat}")
     if with_flow:

@@ -177,8 +177,8 @@ def test_parse_eight_bit_prepares_the_same_version_as_the_floats():
     options = dict(seed=3, val_size=100, limit_rows=None, min_class_share=0.05, max_duplicate_fraction=0.5)
     floats = mnist.prepare(mnist.parse(raw, "mnist.pkl.gz"), "mnist.pkl.gz", **options)
     bytes_ = mnist.prepare(splits, "mnist.pkl.gz", eight_bit=True, **options)
-    for name, table in floats[1].items():
-        assert table.equals(bytes_[1][name]), name
+    for name, split in floats[1].items():
+        assert split.table().equals(bytes_[1][name].table()), name
     assert floats[2] == bytes_[2]
 
 

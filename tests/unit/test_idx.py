@@ -359,8 +359,8 @@ def test_eight_bit_pixels_prepare_the_same_version_with_their_own_type_rule():
         "test": np.uint8,
     }
     eight_bit = mnist.prepare(eight_bit_splits, LOCATION, eight_bit=True, **options)
-    for name, table in floats[1].items():
-        assert table.equals(eight_bit[1][name]), name
+    for name, split in floats[1].items():
+        assert split.table().equals(eight_bit[1][name].table()), name
     assert floats[2] == eight_bit[2]
     rules = [(check["rule"], check["status"]) for check in eight_bit[0].to_dict()["checks"]]
     assert rules == [

@@ -130,3 +130,25 @@ def test_shuffled_train_is_the_official_train_set_in_seeded_order():
     np.testing.assert_array_equal(labels, np.concatenate([splits["train"][1], splits["valid"][1]])[order])
     tables, _ = mnist.transform(splits, seed=3, val_size=30)  # val is the first 30 of that order
     np.testing.assert_array_equal(tables["val"].column("label").to_numpy(), labels[:30])
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_splits_are_written_a_block_at_a_time_with_the_whole_tables_values(tmp_path, monkeypatch, eight_bit):
+    """The store writes a prepared split BLOCK_ROWS rows at a time, normalized into one reused buffer:
+    the file holds exactly the values of the split built whole, a row group per block."""
+    import pyarrow.parquet as pq
+
+    from flows.datasets import store
+
+    monkeypatch.setattr(mnist, "BLOCK_ROWS", 16)
+    splits = _source(100)
+    if eight_bit:
+        splits = {k: (np.rint(x * 256).astype(np.uint8), y) for k, (x, y) in splits.items()}
+    options = dict(seed=1, val_size=30, limit_rows=None, min_class_share=0.01, max_duplicate_fraction=0.5)
+    _, prepared, manifest = mnist.prepare(splits, "mnist.pkl.gz", eight_bit=eight_bit, **options)
+    path = store.write_version(tmp_path, "mnist", "v1", prepared, manifest)
+    for name, split in prepared.items():
+        written = pq.ParquetFile(f"{path}/{name}.parquet")
+        assert written.metadata.num_row_groups == -(-split.num_rows // 16)
+        assert written.read().equals(split.table()), name
+    assert store.read_manifest(path)["splits"] == {"train": {"rows": 120}, "val": {"rows": 30}, "test": {"rows": 50}}

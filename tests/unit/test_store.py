@@ -84,7 +84,7 @@ def test_tensor_columns_are_written_without_a_dictionary(tmp_path):
 
     pixels = pa.array([0.0, 0.5] * 8, pa.float32())
     table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pixels, 4), "label": [0, 1, 0, 1]})
-    assert store.dictionary_columns(table) == ["label"]
+    assert store.dictionary_columns(table.schema) == ["label"]
     path = Path(store.write_version(tmp_path, "toy", "v1", {"train": table}, {"task": "classification"}))
     chunks = pq.ParquetFile(path / "train.parquet").metadata.row_group(0)
     encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(chunks.num_columns)}
