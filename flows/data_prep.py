@@ -93,6 +93,20 @@ def read_source(location: str) -> bytes:
     return sources.read_bytes(location)
 
 
+@io_task("read-source-files", timeout_seconds=SOURCE_TIMEOUT_SECONDS)
+def read_source_files(location: str, names: tuple[str, ...]) -> dict[str, bytes | Exception]:
+    """The named files of a source folder or prefix, in one task run rather than one per file (each
+    run is ~20 ms of the Prefect server's CPU here). A file that is missing or refused is returned
+    as its error, raised when the reader asks for it: the reader reports the files in its order."""
+    found: dict[str, bytes | Exception] = {}
+    for name in names:
+        try:
+            found[name] = sources.read_bytes(sources.join(location, name))
+        except (FileNotFoundError, DataValidationError) as error:
+            found[name] = error
+    return found
+
+
 @io_task("read-mnist-pickle", timeout_seconds=SOURCE_TIMEOUT_SECONDS)
 def read_mnist(location: str, expected_sha256: str) -> tuple[bytes, str]:
     return mnist.read_verified(location, expected_sha256)
@@ -201,8 +215,12 @@ def _read_mnist_splits(location: str, kind: str, sha256: str) -> tuple[dict, boo
         raw, _ = read_mnist(location, sha256)
         return mnist.parse_eight_bit(raw, location)
 
+    files = read_source_files(location, MNIST_IDX_FILES)
+
     def read(name: str) -> bytes:
-        return read_source(sources.join(location, name))
+        if isinstance(content := files[name], Exception):
+            raise content
+        return content
 
     return idx.mnist_splits(read, location, eight_bit=True), True
 

@@ -221,6 +221,10 @@ def _wrong_dimensions(files):
     files[idx.TRAIN_FILES[0]] = idx.encode(np.zeros((60, 28, 27), dtype=np.uint8))
 
 
+def _missing_file(files):
+    del files[idx.TEST_FILES[1]]
+
+
 def _csv_case(mutate=None, text=None):
     def make(tmp_path):
         path = tmp_path / "diamonds.csv"
@@ -253,6 +257,7 @@ BROKEN = {
         "one label per image",
     ),
     "wrong dimensions": (_idx_case(_wrong_dimensions), idx.TRAIN_FILES[0], "train.images", "shape (n, 28, 28)"),
+    "missing IDX file": (_idx_case(_missing_file), idx.TEST_FILES[1], "file", "exists"),
     "CSV missing a column": (_csv_case(lambda f: f.drop(columns=["depth"])), "diamonds.csv", "depth", "column present"),
     "NaN": (_csv_case(_set("carat", 10, np.nan)), "diamonds.csv", "carat", "no missing (NaN) values"),
     "negative target": (_csv_case(_set("price", 3, -5)), "diamonds.csv", "price", "price > 0"),
