@@ -15,7 +15,7 @@ opcodes, so its speed does not show.
 ``load(..., eight_bit_scale=256)`` goes one step further for images whose pixels are 8-bit values
 stored as floats (MNIST's are pixel / 256): a large float32 array is converted as it is read, a
 chunk at a time, into one byte per value, and comes back as ``Scaled``. MNIST's 220 MB of floats are
-then never in memory at all: 55 MB of bytes are (0.51 -> 0.15 s for a process's first parse here).
+then never in memory at all: 55 MB of bytes are (a process's first parse 0.51 -> 0.19 s here).
 An array with any value that is not a whole multiple of 1 / scale in [0, 255 / scale] comes back
 as the same floats as without it.
 """

@@ -196,3 +196,12 @@ def test_a_large_array_of_a_protocol_5_pickle_loads():
     images = np.random.default_rng(2).random((700, 784), dtype=np.float32)
     loaded = array_pickle.load(io.BytesIO(pickle.dumps(images, protocol=5)))
     assert loaded.tobytes() == images.tobytes() and isinstance(loaded.base, np.ndarray)
+
+
+def test_a_truncated_eight_bit_buffer_fails_the_parse_with_the_file_named():
+    raw, _ = _mnist_like()
+    cut = gzip.compress(gzip.decompress(raw)[: 700 * 784 * 3])  # ends inside the first images' data
+    with pytest.raises(DataValidationError) as err:
+        mnist.parse_eight_bit(cut, "mnist.pkl.gz")
+    assert (err.value.file, err.value.field) == ("mnist.pkl.gz", "file")
+    assert "truncated" in str(err.value)
