@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -46,6 +48,7 @@ RAY_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
 
 _local_gcs_address: str | None = None  # the GCS of the last Ray init_local started
+_local_ingress_folder: Path | None = None  # its HAProxy folder (serve_ingress), if it has one
 
 
 def started_local_ray() -> bool:
@@ -78,18 +81,16 @@ def init_local(**options: Any) -> None:
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    ingress = {
-        name: value
-        for name, value in serve_ingress.local_ray_environment(Settings().serve_ingress).items()
-        if name not in os.environ
-    }
+    environment = serve_ingress.local_ray_environment(Settings().serve_ingress)
+    ingress = {name: value for name, value in environment.items() if name not in os.environ}
     previous = {name: os.environ.get(name) for name in (GCS_PORT_ENVIRONMENT_VARIABLE, RAY_CLUSTER_VARIABLE, *ingress)}
     os.environ.update(ingress)
     os.environ[GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
     os.environ.setdefault(RAY_CLUSTER_VARIABLE, "0")
     clusters_enabled = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[RAY_CLUSTER_VARIABLE].lower() in {"1", "true"}
-    global _local_gcs_address
+    global _local_gcs_address, _local_ingress_folder
+    _local_ingress_folder = serve_ingress.folder_of(environment)
     try:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
         _local_gcs_address = ray.get_runtime_context().gcs_address
@@ -121,3 +122,14 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        remove_local_ingress_folder()
+
+
+def remove_local_ingress_folder() -> None:
+    """The HAProxy folder of the local Ray this process started last, once that Ray is shut down: a
+    long-lived process (a Prefect worker running flow after flow) would otherwise keep one per Ray
+    until it exits."""
+    global _local_ingress_folder
+    if _local_ingress_folder is not None and not ray.is_initialized():
+        shutil.rmtree(_local_ingress_folder, ignore_errors=True)
+        _local_ingress_folder = None

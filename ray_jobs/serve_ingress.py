@@ -22,6 +22,9 @@ picks ``haproxy``, the default, or ``proxy``, Serve's own):
   so ``RAY_SERVE_HAPROXY_BINARY_PATH`` names a wrapper (written to the folder) that rewrites those
   two lines of the configuration into a copy and execs the real binary on it. The serving port
   keeps ``serve_host``. Checked on the real sockets by ``tests/integration/test_serving.py``.
+- The folder is removed when its Ray session ends (``cluster.ray_session``) or, at the latest, when
+  the process that made it exits; one left by a process killed by a signal (no exit handlers) is
+  removed by the next local Ray that makes one, once its owner's PID (``owner.pid``) is gone.
 - A 2 s drain instead of 30 s (``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``): a stopping
   replica keeps answering that long so that a load balancer elsewhere notices; this HAProxy is
   reconfigured by Serve itself within ~0.1 s.
@@ -109,6 +112,44 @@ def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
     }
 
 
+FOLDER_PREFIX = "skyhap-"
+OWNER_FILE = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
+def remove_orphaned_folders(parent: Path) -> list[Path]:
+    """This user's HAProxy folders under ``parent`` whose owner process is gone (killed by a signal,
+    so its exit handler never ran): removed, and returned. A folder without an owner file (one being
+    made, or an older skytrain's) is left alone."""
+    removed = []
+    for folder in parent.glob(f"{FOLDER_PREFIX}*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def folder_of(environment: dict[str, str]) -> Path | None:
+    """The private folder of a ``local_ray_environment``, None for Serve's own proxy."""
+    socket_path = environment.get("RAY_SERVE_HAPROXY_SOCKET_PATH")
+    return Path(socket_path).parent if socket_path else None
+
+
 def local_ray_environment(mode: str) -> dict[str, str]:
     """What a local Ray's processes need for ``mode``: nothing for Serve's proxy; for HAProxy, its
     environment with a fresh private folder, removed when this process exits."""
@@ -123,8 +164,11 @@ def local_ray_environment(mode: str) -> dict[str, str]:
         return {}
     # Short: Serve puts the sockets in a subfolder named by the node's ID (56 characters), and
     # HAProxy refuses socket paths over 97 characters. mkdtemp makes it mode 0700.
-    folder = Path(tempfile.mkdtemp(prefix="skyhap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    parent = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+    remove_orphaned_folders(parent)
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
     environment = haproxy_environment(folder, binary)
     if not os.access(environment["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK):  # /tmp mounted noexec
         logger.warning("%s cannot run programs (noexec?); Ray Serve's own proxy takes HTTP instead", folder)

@@ -26,3 +26,28 @@ def test_a_local_ray_s_workers_start_with_skytrain_s_settings(local_ray):
     assert seen["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert seen["RAY_SERVE_HAPROXY_BINARY_PATH"].startswith("/tmp/skyhap-")
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
+
+
+SESSION = """
+import os, ray
+from pathlib import Path
+from ray_jobs.cluster import ray_session
+with ray_session():
+    folder = Path(ray.get(ray.remote(num_cpus=0)(lambda: os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]).remote())).parent
+    print("inside", folder, folder.is_dir(), flush=True)
+print("after", folder.is_dir(), flush=True)
+"""
+
+
+def test_a_ray_session_removes_its_haproxy_folder_when_it_ends(tmp_path):
+    """One folder per local Ray, removed when its session ends, not when the process exits: a
+    Prefect worker runs flow after flow in one process."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.getcwd()}
+    result = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("inside", "after"))]
+    assert result.returncode == 0 and len(lines) == 2, result.stdout + result.stderr
+    assert lines[0].startswith("inside /tmp/skyhap-") and lines[0].endswith(" True")
+    assert lines[1] == "after False"

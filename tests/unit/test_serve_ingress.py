@@ -4,6 +4,7 @@ The real HAProxy started by Serve is checked on its sockets by tests/integration
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -123,3 +124,29 @@ def test_where_the_wrapper_cannot_run_serve_keeps_its_own_proxy(monkeypatch, cap
     monkeypatch.setattr(serve_ingress.os, "access", noexec)
     assert serve_ingress.local_ray_environment("haproxy") == {}
     assert "cannot run programs" in caplog.text
+
+
+def test_folders_whose_owner_is_gone_are_removed_and_no_other(tmp_path):
+    """A process killed by a signal never runs its exit handler: its folder is removed by the next
+    local Ray, once no process has its PID; a live owner's folder and one without an owner stay."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    folders = {}
+    for name, owner in (("dead", ended.pid), ("alive", os.getpid()), ("unowned", None)):
+        folders[name] = tmp_path / f"{serve_ingress.FOLDER_PREFIX}{name}"
+        folders[name].mkdir()
+        (folders[name] / "haproxy.cfg").write_text("global\n")
+        if owner is not None:
+            (folders[name] / serve_ingress.OWNER_FILE).write_text(str(owner))
+    (tmp_path / "other-dead").mkdir()  # not ours by name
+    (tmp_path / "other-dead" / serve_ingress.OWNER_FILE).write_text(str(ended.pid))
+    assert serve_ingress.remove_orphaned_folders(tmp_path) == [folders["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["other-dead", f"{serve_ingress.FOLDER_PREFIX}alive", f"{serve_ingress.FOLDER_PREFIX}unowned"]
+    )
+
+
+def test_a_local_ray_folder_records_its_owner():
+    env = serve_ingress.local_ray_environment("haproxy")
+    folder = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
+    assert (folder / serve_ingress.OWNER_FILE).read_text() == str(os.getpid())
