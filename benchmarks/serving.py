@@ -26,7 +26,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -51,16 +50,11 @@ from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split  # noqa: E402
 from ray_jobs.inference import CHAMPION  # noqa: E402
 from ray_jobs.models import spec_for  # noqa: E402
+from ray_jobs.ports import free_ports  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 
 MODEL = "mnist-cnn"
 P50_GOAL_MS = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def load(host: str, port: int, path: str, bodies: list[bytes], requests: int, concurrency: int) -> dict:
@@ -159,7 +153,7 @@ def serve_floor(settings: Settings, bodies: list[bytes], plan: dict[int, int]) -
 
 
 def mlflow_serve(settings: Settings, bodies: list[bytes], plan: dict[int, int]) -> dict:
-    port = free_port()
+    port = free_ports()[0]
     name = spec_for(MODEL).registered_name
     command = [
         str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{CHAMPION}",
@@ -204,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = dict(zip(args.concurrency, counts))
 
     settings = Settings(
-        serve_port=free_port(),
+        serve_port=free_ports()[0],
         serve_min_replicas=1,
         serve_max_replicas=1,
         serve_replica_cpus=args.replica_cpus,

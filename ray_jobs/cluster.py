@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from ray._private import ray_constants
 from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
 
 from ray_jobs import serve_ingress
+from ray_jobs.ports import free_ports
 from ray_jobs.settings import Settings
 
 # Ray Serve's throughput settings (its controller lists them as "throughput optimized"): user code and
@@ -74,9 +74,7 @@ def init_local(**options: Any) -> None:
     Ray Serve on this Ray takes HTTP through HAProxy unless ``SKYTRAIN_SERVE_INGRESS=proxy``
     (``serve_ingress``): its variables reach Ray's processes only, as the GCS port does.
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports()
     for name, value in {**SERVE_THROUGHPUT_SETTINGS, **LOCAL_TRAIN_SETTINGS}.items():
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}

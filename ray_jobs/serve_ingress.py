@@ -37,9 +37,10 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import tempfile
 from pathlib import Path
+
+from ray_jobs.ports import free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +82,10 @@ def haproxy_binary() -> str:
         return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
     """The environment of a Ray whose Serve puts HAProxy (``binary``) in front of its replicas, its
     files in ``folder`` (which the caller created, mode 0700) and its side listeners on 127.0.0.1."""
-    stats, metrics = _free_port(), _free_port()
+    stats, metrics = free_ports(2)
     wrapper = folder / "haproxy"
     wrapper.write_text(
         WRAPPER.replace("{stats}", str(stats))
@@ -152,7 +147,8 @@ def folder_of(environment: dict[str, str]) -> Path | None:
 
 def local_ray_environment(mode: str) -> dict[str, str]:
     """What a local Ray's processes need for ``mode``: nothing for Serve's proxy; for HAProxy, its
-    environment with a fresh private folder, removed when this process exits."""
+    environment with a fresh private folder (``folder_of``), removed when this process exits if its
+    Ray session has not removed it first."""
     if mode not in INGRESS_MODES:
         raise ValueError(f"serve ingress must be one of {INGRESS_MODES}, got {mode!r}")
     if mode == "proxy":

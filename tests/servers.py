@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_ports(count: int = 1) -> list[int]:
-    """Ports free on 127.0.0.1 right now (all held open together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from ray_jobs.ports import free_ports
 
 
 def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float, poll: float = 0.5) -> None:

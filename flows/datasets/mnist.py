@@ -58,7 +58,7 @@ def parse_eight_bit(raw: bytes, path: Path | str) -> tuple[dict[str, tuple[np.nd
     where every image of every split is a whole multiple of 1 / 256 in [0, 1), as MNIST's are.
 
     Their floats are converted as the pickle is read and never held (``array_pickle``): a process's
-    first parse of MNIST 0.51 -> 0.15 s here, 55 MB of new memory instead of 220. Returns the splits
+    first parse of MNIST 0.51 -> 0.19 s here, 55 MB of new memory instead of 220. Returns the splits
     and whether their images are 8-bit; when any image is not, every split's images are floats, as
     from ``parse`` (a pickle of integer images keeps failing the "float pixels" rule).
     """
