@@ -190,6 +190,15 @@ def batch_inference(report: dict) -> list[Row]:
                     ratio=f"{engine['steady_ratio']:.2f}×",
                 )
             )
+        if script := result.get("plain_script"):  # since 2026-12-05
+            rows.append(
+                _row(
+                    f"{name}: the engine against a plain script doing its job (read, loop, write)",
+                    f"{engine['rows_per_second']:,.0f} rows/s",
+                    baseline=f"plain script: {script['rows_per_second']:,.0f} rows/s",
+                    ratio=f"{engine['script_ratio']:.2f}×",
+                )
+            )
         rows.append(
             _row(
                 f"{name}: ONNX export on onnxruntime, in process",

@@ -100,7 +100,8 @@ def report(summary: dict[str, Any]) -> str:
         f"| predictions | `{summary['predictions_path']}` |",
         f"| rejected rows | `{summary['rejected_path']}` |",
         f"| time | {summary['seconds']:.1f} s ({summary['rows_per_second']:.0f} rows/s), "
-        f"{summary['workers']} scoring at once, batches of {summary['batch_size']} |",
+        f"{summary['workers']} scoring at once, chunks of {summary['chunk_rows']} rows, "
+        f"batches of {summary['batch_size']} through the model |",
     ]
     if summary["first_rejections"]:
         lines += ["", "First rejected rows:", "", "| row | reason |", "|---|---|"]
@@ -125,8 +126,9 @@ def batch_inference(
 
     ``output_path`` (a folder, local or ``s3://``, absent or empty) receives ``predictions.parquet``
     and ``rejected.parquet``; default ``<state_dir>/predictions/<model>/<timestamp>-v<version>``.
-    ``batch_size`` rows go through the model at a time; ``concurrency`` tasks score at once (default:
-    one per CPU of the Ray cluster).
+    ``batch_size`` rows go through the model at a time (the rows are checked and handed to the
+    scoring tasks in chunks of whole batches, about 8 MiB of features each); ``concurrency`` tasks
+    score at once (default: one per CPU of the Ray cluster).
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)

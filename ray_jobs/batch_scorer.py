@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_jobs.evaluate import predict_in_batches
 from ray_jobs.scoring import Scoring, outputs
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -127,13 +128,16 @@ def load(scoring: Scoring, threads: int, onnx_model: bytes | None = None) -> Cal
 _LOADED: dict[tuple, Callable[[np.ndarray], Any]] = {}
 
 
-def score(batch: pa.Table, scoring: Scoring, threads: int, onnx_model: bytes | None) -> pa.Table:
-    """Check and score one batch (a Ray Data task). Each worker process keeps the last version it
-    loaded, so a run loads it once per worker, not once per task; it is dropped when the worker
-    scores another version or Ray ends the idle worker."""
+def score(
+    batch: pa.Table, scoring: Scoring, threads: int, onnx_model: bytes | None, model_batch: int | None = None
+) -> pa.Table:
+    """Check and score one batch (a Ray Data task), ``model_batch`` rows per call of the model (default:
+    all at once). Each worker process keeps the last version it loaded, so a run loads it once per
+    worker, not once per task; it is dropped when the worker scores another version or Ray ends the
+    idle worker."""
     key = (scoring.tracking_uri, scoring.artifact_uri, scoring.run_id, scoring.runtime, scoring.onnx_providers, threads)
     if (predict := _LOADED.get(key)) is None:
         _LOADED.clear()  # one model version at a time per worker
         predict = _LOADED[key] = load(scoring, threads, onnx_model)
     features, reasons = validate(batch, scoring)
-    return outputs(predict(features), reasons, scoring)
+    return outputs(predict_in_batches(predict, features, model_batch or max(len(features), 1)), reasons, scoring)

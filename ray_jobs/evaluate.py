@@ -33,7 +33,8 @@ EVAL_BATCH_ROWS = 256
 
 def predict_in_batches(
     predict: Callable[[np.ndarray], np.ndarray], features: np.ndarray, batch_size: int = EVAL_BATCH_ROWS
-):
-    return np.concatenate(
-        [np.asarray(predict(features[i : i + batch_size])) for i in range(0, len(features), batch_size)]
-    )
+) -> np.ndarray:
+    """The model's output for every row, ``batch_size`` rows per call (no rows: one call, which gives
+    the output's shape)."""
+    parts = [np.asarray(predict(features[i : i + batch_size])) for i in range(0, max(len(features), 1), batch_size)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

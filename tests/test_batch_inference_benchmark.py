@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 from benchmarks import batch_inference
+from ray_jobs import batch_predict
 
 
-def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ray, keep_torch_threads):
+def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ray, keep_torch_threads, monkeypatch):
     output = tmp_path / "batch-inference.json"
+    monkeypatch.setattr(batch_predict, "CHUNK_BYTES", 64 * 4 * 26)  # chunks of one 64-row batch: 4 of them
     batch_inference.main(
         # One model keeps CI short; the CNN takes the same code paths.
         ["--quick", "--models", "diamonds-regressor"]
@@ -21,6 +23,10 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ra
     plain, engine = row["plain_torch"], row["engine"]
     assert engine["rows_in"] == engine["rows_scored"] == row["rows"] and engine["rows_rejected"] == 0
     assert plain["rows_per_second"] == row["rows"] / min(plain["seconds"]) > 0
+    assert len(plain["seconds"]) == 2  # one pass before the engine, one after
+    script = row["plain_script"]
+    assert script["rows_per_second"] == row["rows"] / min(script["seconds"]) > 0 and len(script["seconds"]) == 2
+    assert engine["script_ratio"] == engine["rows_per_second"] / script["rows_per_second"]
     assert engine["rows_per_second"] > 0 and engine["ratio"] == engine["rows_per_second"] / plain["rows_per_second"]
     assert row["pyfunc"]["rows_per_second"] > 0 and row["batch_size"] == 64
     onnx = row["onnxruntime"]

@@ -23,7 +23,7 @@ from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCol
 
 from flows.batch_inference import batch_inference
 from flows.registry import CHAMPION
-from ray_jobs import storage
+from ray_jobs import batch_predict, storage
 from ray_jobs.dataset import load_split
 from ray_jobs.models import MnistCNN, spec_for
 from ray_jobs.settings import Settings
@@ -80,8 +80,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path):
+def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path, monkeypatch):
     test = pq.read_table(store["diamonds"] / "test.parquet").drop_columns(["log_price"])
+    # Chunks of two model batches (256 rows) instead of ~8 MiB: the rows cross several scoring tasks.
+    monkeypatch.setattr(batch_predict, "CHUNK_BYTES", 2 * 128 * 4 * test.num_columns)
     carat, depth, x = (test.column(c).to_numpy().copy() for c in ("carat", "depth", "x"))
     carat[3], x[11] = np.nan, np.inf
     rows = test.set_column(0, "carat", pa.array(carat)).set_column(test.schema.get_field_index("x"), "x", pa.array(x))
@@ -90,6 +92,7 @@ def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path):
     pq.write_table(rows, tmp_path / "input.parquet")
 
     summary = batch_inference(model="diamonds-regressor", input_path=str(tmp_path / "input.parquet"), batch_size=128)
+    assert summary["rows_in"] > 2 * 256  # three chunks at least
 
     assert summary["model_version"] == "1" and summary["alias"] == CHAMPION
     assert summary["output"].startswith(str(store["settings"].state_dir / "predictions" / "diamonds-regressor"))

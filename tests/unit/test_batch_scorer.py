@@ -50,6 +50,32 @@ def test_the_same_name_and_version_from_another_store_is_loaded_again(loads):
     assert other.column("y").to_pylist()[0] == 5.0  # scored by the second model, not the cached first
 
 
+def test_a_chunk_goes_through_the_model_model_batch_rows_at_a_time(monkeypatch):
+    sizes = []
+
+    def load(scoring, threads, onnx_model=None):
+        def predict(rows):
+            sizes.append(len(rows))
+            return rows.sum(axis=1, keepdims=True)
+
+        return predict
+
+    monkeypatch.setattr(batch_scorer, "load", load)
+    monkeypatch.setattr(batch_scorer, "_LOADED", {})
+    a = np.arange(10, dtype=np.float64)
+    a[[3, 7]] = np.nan  # rejected: 8 valid rows remain
+    chunk = pa.table({"a": a, "b": np.ones(10)})
+    scored = batch_scorer.score(chunk, _scoring("/a"), 1, None, model_batch=3)
+    assert sizes == [3, 3, 2]  # the valid rows only, in calls of at most 3
+    whole = batch_scorer.score(chunk, _scoring("/a"), 1, None)
+    assert sizes[3:] == [8]  # without model_batch: one call
+    assert scored.equals(whole)
+    assert scored.column("y").to_pylist() == [1, 2, 3, 0, 5, 6, 7, 0, 9, 10]
+    nothing_valid = pa.table({"a": [np.nan], "b": [1.0]})
+    assert batch_scorer.score(nothing_valid, _scoring("/a"), 1, None, model_batch=3).column("y").to_pylist() == [0]
+    assert sizes[-1] == 0  # still one call, with no rows: the output's shape comes from the model
+
+
 def test_each_rejected_row_keeps_the_first_rule_it_breaks_and_clean_rows_none():
     batch = pa.table(
         {
