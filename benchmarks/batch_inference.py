@@ -262,7 +262,11 @@ def format_row(row: dict) -> str:
             f"{engine['rows_per_second']:,.0f} rows/s = {engine['ratio']:.2f}x ({verdict} >= {TARGET}x), "
             f"{engine['script_ratio']:.2f}x the plain script; "
             f"start-up {engine['startup_seconds']:.1f}s, "
-            f"then {engine['steady_rows_per_second'] or 0:,.0f} rows/s = {engine['steady_ratio'] or 0:.2f}x"
+            + (
+                f"then {engine['steady_rows_per_second']:,.0f} rows/s = {engine['steady_ratio']:.2f}x"
+                if engine["steady_ratio"]
+                else "all in its first chunk"
+            )
         )
     return "\n  ".join(lines)
 
