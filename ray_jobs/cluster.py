@@ -13,7 +13,7 @@ import ray
 from ray._private import ray_constants
 from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
 
-from ray_jobs import serve_ingress
+from ray_jobs import ray_sessions, serve_ingress
 from ray_jobs.ports import free_ports
 from ray_jobs.settings import Settings
 
@@ -73,6 +73,9 @@ def init_local(**options: Any) -> None:
 
     Ray Serve on this Ray takes HTTP through HAProxy unless ``SKYTRAIN_SERVE_INGRESS=proxy``
     (``serve_ingress``): its variables reach Ray's processes only, as the GCS port does.
+
+    The new Ray's session folder is marked as this process's, and the folders of ended local Rays
+    beyond the newest ``SKYTRAIN_RAY_SESSIONS_KEPT`` are removed (``ray_sessions``).
     """
     (port,) = free_ports()
     for name, value in {**SERVE_THROUGHPUT_SETTINGS, **LOCAL_TRAIN_SETTINGS}.items():
@@ -91,7 +94,11 @@ def init_local(**options: Any) -> None:
     _local_ingress_folder = serve_ingress.folder_of(environment)
     try:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
-        _local_gcs_address = ray.get_runtime_context().gcs_address
+        context = ray.get_runtime_context()
+        _local_gcs_address = context.gcs_address
+        temp_dir = Path(context.get_temp_dir())
+        ray_sessions.mark(temp_dir / context.get_session_name())
+        ray_sessions.prune(temp_dir, Settings().ray_sessions_kept)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters_enabled
         for name, value in previous.items():

@@ -41,6 +41,7 @@ import tempfile
 from pathlib import Path
 
 from ray_jobs.ports import free_ports
+from ray_jobs.processes import alive
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +112,6 @@ FOLDER_PREFIX = "skyhap-"
 OWNER_FILE = "owner.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user
-        return True
-    return True
-
-
 def remove_orphaned_folders(parent: Path) -> list[Path]:
     """This user's HAProxy folders under ``parent`` whose owner process is gone (killed by a signal,
     so its exit handler never ran): removed, and returned. A folder without an owner file (one being
@@ -133,7 +124,7 @@ def remove_orphaned_folders(parent: Path) -> list[Path]:
             owner = int((folder / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if not _alive(owner):
+        if not alive(owner):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

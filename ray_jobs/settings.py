@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     ray_log_level: str = "WARNING"
     """Log level of Ray Train's controller and workers (its INFO lines are many)."""
 
+    ray_sessions_kept: int = Field(default=10, ge=0)
+    """Session folders (logs) of ended local Rays that skytrain keeps under Ray's temp dir; older
+    ones are removed when it starts the next (``ray_jobs/ray_sessions.py``)."""
+
     resident_data: Literal["auto", "always", "never"] = "auto"
     """Keep each worker's training data on its device after the first pass (``auto``: where it fits)."""
 

@@ -4,9 +4,11 @@ workers: Ray Train's controller and Ray Serve's processes read them there, once,
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import ray
 
+from ray_jobs import ray_sessions
 from ray_jobs.cluster import LOCAL_TRAIN_SETTINGS, SERVE_THROUGHPUT_SETTINGS
 
 
@@ -26,6 +28,14 @@ def test_a_local_ray_s_workers_start_with_skytrain_s_settings(local_ray):
     assert seen["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert seen["RAY_SERVE_HAPROXY_BINARY_PATH"].startswith("/tmp/skyhap-")
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
+
+
+def test_a_local_ray_s_session_folder_is_marked_as_this_process_s(local_ray):
+    """So that a later local Ray may remove it once this process is gone (``ray_sessions``)."""
+    context = ray.get_runtime_context()
+    folder = Path(context.get_temp_dir()) / context.get_session_name()
+    assert (folder / "logs").is_dir()
+    assert ray_sessions.owner(folder) == os.getpid()
 
 
 SESSION = """
