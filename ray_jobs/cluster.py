@@ -82,7 +82,8 @@ def init_local(**options: Any) -> None:
         os.environ.setdefault(name, value)
     runtime_env = options.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    environment = serve_ingress.local_ray_environment(Settings().serve_ingress)
+    settings = Settings()
+    environment = serve_ingress.local_ray_environment(settings.serve_ingress)
     ingress = {name: value for name, value in environment.items() if name not in os.environ}
     previous = {name: os.environ.get(name) for name in (GCS_PORT_ENVIRONMENT_VARIABLE, RAY_CLUSTER_VARIABLE, *ingress)}
     os.environ.update(ingress)
@@ -96,9 +97,7 @@ def init_local(**options: Any) -> None:
         ray.init(runtime_env={**runtime_env, "env_vars": env_vars}, **options)
         context = ray.get_runtime_context()
         _local_gcs_address = context.gcs_address
-        temp_dir = Path(context.get_temp_dir())
-        ray_sessions.mark(temp_dir / context.get_session_name())
-        ray_sessions.prune(temp_dir, Settings().ray_sessions_kept)
+        ray_sessions.keep_newest(Path(context.get_temp_dir()), context.get_session_name(), settings.ray_sessions_kept)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters_enabled
         for name, value in previous.items():

@@ -15,11 +15,14 @@ the mark (a Ray started by hand or by another tool, a cluster's) is never touche
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from ray_jobs.processes import alive
+
+logger = logging.getLogger(__name__)
 
 MARK = "skytrain.owner"
 PREFIX = "session_"  # Ray's session folders; ``session_latest`` is a link to the newest, never removed
@@ -50,3 +53,13 @@ def prune(temp_dir: Path, keep: int) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def keep_newest(temp_dir: Path, session_name: str, keep: int) -> None:
+    """Mark the session this process started and prune the ended ones beyond the newest ``keep``.
+    Housekeeping: a folder it cannot write or remove is reported, never an error for the Ray."""
+    try:
+        mark(temp_dir / session_name)
+        prune(temp_dir, keep)
+    except OSError as error:
+        logger.warning("Ray session folders under %s left as they are: %s", temp_dir, error)

@@ -57,3 +57,8 @@ def test_a_marked_folder_names_this_process_and_an_unmarked_one_no_owner(tmp_pat
     ray_sessions.mark(folder)
     assert ray_sessions.owner(folder) == os.getpid()
     assert ray_sessions.prune(tmp_path, keep=0) == []  # its owner, this process, is alive
+
+
+def test_a_folder_that_cannot_be_marked_is_reported_not_raised(tmp_path, caplog):
+    ray_sessions.keep_newest(tmp_path, "session_that_does_not_exist", keep=10)
+    assert "left as they are" in caplog.text
