@@ -1,8 +1,12 @@
-"""Processes by PID: whether one is still there."""
+"""Processes by PID: whether one is still there, and the folders one owns (a file in the folder
+holding its PID), removed once it is gone."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
 
 
 def alive(pid: int) -> bool:
@@ -14,3 +18,30 @@ def alive(pid: int) -> bool:
     except PermissionError:  # it exists, as another user
         return True
     return True
+
+
+def mark_owner(folder: Path, mark: str) -> None:
+    """Record this process as the owner of ``folder`` (its PID in ``folder/mark``)."""
+    (folder / mark).write_text(str(os.getpid()))
+
+
+def owner(folder: Path, mark: str) -> int | None:
+    """The PID in ``folder/mark``, if the folder is this user's (not a link) and holds one."""
+    try:
+        if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+            return None
+        return int((folder / mark).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_orphaned(folders: Iterable[Path], mark: str, keep: int = 0) -> list[Path]:
+    """Of ``folders`` (oldest first), the owned ones beyond the newest ``keep`` whose owner is gone:
+    removed, and returned. A folder without an owner (one being made, not ours) is left alone."""
+    owned = [(folder, pid) for folder in folders if (pid := owner(folder, mark)) is not None]
+    removed = []
+    for folder, pid in owned[: max(len(owned) - keep, 0)]:
+        if not alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

@@ -16,11 +16,9 @@ the mark (a Ray started by hand or by another tool, a cluster's) is never touche
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
-from ray_jobs.processes import alive
+from ray_jobs import processes
 
 logger = logging.getLogger(__name__)
 
@@ -30,29 +28,18 @@ PREFIX = "session_"  # Ray's session folders; ``session_latest`` is a link to th
 
 def mark(session_dir: Path) -> None:
     """Record this process as the owner of the local Ray whose session folder this is."""
-    (session_dir / MARK).write_text(str(os.getpid()))
+    processes.mark_owner(session_dir, MARK)
 
 
 def owner(folder: Path) -> int | None:
     """The PID in the folder's mark, if it is this user's marked session folder."""
-    try:
-        if folder.is_symlink() or folder.stat().st_uid != os.getuid():
-            return None
-        return int((folder / MARK).read_text())
-    except (OSError, ValueError):
-        return None
+    return processes.owner(folder, MARK)
 
 
 def prune(temp_dir: Path, keep: int) -> list[Path]:
     """Remove this user's marked session folders under ``temp_dir`` beyond the newest ``keep`` whose
     owner is gone; return them. Ray names a folder by the time it started: the names sort by age."""
-    marked = [(folder, pid) for folder in sorted(temp_dir.glob(f"{PREFIX}*")) if (pid := owner(folder)) is not None]
-    removed = []
-    for folder, pid in marked[: max(len(marked) - keep, 0)]:
-        if not alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+    return processes.remove_orphaned(sorted(temp_dir.glob(f"{PREFIX}*")), MARK, keep)
 
 
 def keep_newest(temp_dir: Path, session_name: str, keep: int) -> None:

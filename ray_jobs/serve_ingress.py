@@ -40,8 +40,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ray_jobs import processes
 from ray_jobs.ports import free_ports
-from ray_jobs.processes import alive
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +116,7 @@ def remove_orphaned_folders(parent: Path) -> list[Path]:
     """This user's HAProxy folders under ``parent`` whose owner process is gone (killed by a signal,
     so its exit handler never ran): removed, and returned. A folder without an owner file (one being
     made, or an older skytrain's) is left alone."""
-    removed = []
-    for folder in parent.glob(f"{FOLDER_PREFIX}*"):
-        try:
-            if folder.stat().st_uid != os.getuid():
-                continue
-            owner = int((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if not alive(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+    return processes.remove_orphaned(parent.glob(f"{FOLDER_PREFIX}*"), OWNER_FILE)
 
 
 def folder_of(environment: dict[str, str]) -> Path | None:
@@ -155,7 +144,7 @@ def local_ray_environment(mode: str) -> dict[str, str]:
     remove_orphaned_folders(parent)
     folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    (folder / OWNER_FILE).write_text(str(os.getpid()))
+    processes.mark_owner(folder, OWNER_FILE)
     environment = haproxy_environment(folder, binary)
     if not os.access(environment["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK):  # /tmp mounted noexec
         logger.warning("%s cannot run programs (noexec?); Ray Serve's own proxy takes HTTP instead", folder)
