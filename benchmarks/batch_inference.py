@@ -36,6 +36,8 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
@@ -55,6 +57,7 @@ from flows.batch_inference import DEFAULT_BATCH_SIZE  # noqa: E402
 from ray_jobs import batch_predict, tracking  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
+from ray_jobs.evaluate import predict_in_batches  # noqa: E402
 from ray_jobs.models import build_model, spec_for  # noqa: E402
 from ray_jobs.onnx_model import OnnxPredictor  # noqa: E402
 from ray_jobs.scoring import Scoring, outputs  # noqa: E402
@@ -75,29 +78,33 @@ def register(model: str, dataset_dir: Path, settings: Settings) -> str:
         return tracking.log_and_register(net, spec, features[:5], manifest, hparams, run.info.run_id)
 
 
-def loop_seconds(predict, features: np.ndarray, batch_size: int, threads: int, repeats: int) -> list[float]:
-    """Seconds per pass of ``predict`` over every row, batch by batch, with ``threads`` torch threads."""
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """``threads`` torch threads for the block, the previous count restored after it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            with torch.inference_mode():
-                for start in range(0, len(features), batch_size):
-                    predict(features[start : start + batch_size])
-            times.append(time.perf_counter() - started)
-        return times
+        yield
     finally:
         torch.set_num_threads(previous)
 
 
+def loop_seconds(predict, features: np.ndarray, batch_size: int, threads: int, repeats: int) -> list[float]:
+    """Seconds per pass of ``predict`` over every row, batch by batch, with ``threads`` torch threads."""
+    times = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for start in range(0, len(features), batch_size):
+                predict(features[start : start + batch_size])
+            times.append(time.perf_counter() - started)
+    return times
+
+
 def script_seconds(predict, source: Path, scoring: Scoring, batch_size: int, threads: int, repeats: int) -> list[float]:
     """Seconds per run of the plain script: read ``source``, the loop, write the predictions beside it."""
-    columns, previous = scoring.manifest["feature_columns"], torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        times = []
+    columns, times = scoring.manifest["feature_columns"], []
+    with torch_threads(threads), torch.inference_mode():
         for _ in range(repeats):
             started = time.perf_counter()
             table = pq.read_table(source, columns=columns)
@@ -106,19 +113,14 @@ def script_seconds(predict, source: Path, scoring: Scoring, batch_size: int, thr
             else:
                 features = np.column_stack([table.column(name).to_numpy() for name in columns])
             features = np.ascontiguousarray(features, np.float32).reshape(-1, *scoring.feature_shape)
-            with torch.inference_mode():
-                output = np.concatenate(
-                    [predict(features[start : start + batch_size]) for start in range(0, len(features), batch_size)]
-                )
+            output = predict_in_batches(predict, features, batch_size)
             predictions = outputs(output, np.full(len(features), None, object), scoring).drop_columns(["reason"])
             predictions = predictions.add_column(0, "row", pa.array(np.arange(len(features))))
             for name, value in (("model_name", scoring.model_name), ("model_version", scoring.model_version)):
                 predictions = predictions.append_column(name, pa.repeat(pa.scalar(value), len(features)))
             pq.write_table(predictions, source.parent / f"script-{time.time_ns()}.parquet")
             times.append(time.perf_counter() - started)
-        return times
-    finally:
-        torch.set_num_threads(previous)
+    return times
 
 
 def engine(source: Path, scoring: Scoring, batch_size: int, workers: int, repeats: int) -> dict:
@@ -154,10 +156,11 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     rows, batch_size, repeats = len(features), args.batch_size, args.repeats
 
     net = mlflow.pytorch.load_model(scoring.model_uri)
-    by_threads = {
-        t: loop_seconds(lambda x: net(torch.from_numpy(x)).numpy(), features, batch_size, t, repeats)
-        for t in sorted({1, cpus})
-    }
+
+    def torch_predict(rows: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(rows)).numpy()
+
+    by_threads = {t: loop_seconds(torch_predict, features, batch_size, t, repeats) for t in sorted({1, cpus})}
     threads, plain = min(by_threads.items(), key=lambda item: min(item[1]))
     wrapper = mlflow.pyfunc.load_model(scoring.model_uri)
     pyfunc = loop_seconds(wrapper.predict, features, batch_size, threads, repeats)
@@ -170,15 +173,13 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     else:
         test = pq.read_table(dataset_dir / "test.parquet")
         pq.write_table(pa.concat_tables([test] * args.copies), source, row_group_size=10_000)
-    script = script_seconds(lambda x: net(torch.from_numpy(x)).numpy(), source, scoring, batch_size, threads, repeats)
+    script = script_seconds(torch_predict, source, scoring, batch_size, threads, repeats)
     by_workers = {w: engine(source, scoring, batch_size, w, repeats) for w in args.workers or sorted({1, cpus})}
     # The baselines once more, after the engine: a pass right after Ray's start competes with its
     # processes settling (the CNN's loop measured 1.36 s a pass then, ~1.0 s on a quiet machine).
     # The best of all passes is kept: the ratios are against each baseline at its fastest.
-    plain = plain + loop_seconds(lambda x: net(torch.from_numpy(x)).numpy(), features, batch_size, threads, repeats)
-    script = script + script_seconds(
-        lambda x: net(torch.from_numpy(x)).numpy(), source, scoring, batch_size, threads, repeats
-    )
+    plain = plain + loop_seconds(torch_predict, features, batch_size, threads, repeats)
+    script = script + script_seconds(torch_predict, source, scoring, batch_size, threads, repeats)
     plain_rps, script_rps = rows / min(plain), rows / min(script)
     for result in by_workers.values():
         result["ratio"] = result["rows_per_second"] / plain_rps
