@@ -64,3 +64,10 @@ def test_the_report_has_a_table_per_measured_benchmark_and_lists_every_missed_ta
     every_row = [row for name, report in reports.items() for row in tables.TABLES[name](report)]
     assert len(missed) == sum(row["met"] == "**no**" for row in every_row)
     assert all(f"- {line}" in document for line in missed)
+
+
+def test_the_engine_pace_after_start_up_is_shown_only_for_a_run_mostly_past_it():
+    engine = {"rows_in": 540_000, "rows_per_second": 1_400_000.0, "steady_ratio": 0.9}  # a 0.39 s run
+    assert tables.steady_pace({**engine, "startup_seconds": 0.3}) is None  # the other chunks arrived together
+    assert tables.steady_pace({**engine, "startup_seconds": 0.1}) == 0.9
+    assert tables.steady_pace({**engine, "startup_seconds": 0.1, "steady_ratio": None}) is None  # one chunk
