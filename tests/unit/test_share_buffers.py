@@ -4,34 +4,25 @@ worker once an epoch, before validation (``ray_jobs.train._share_buffers``), on 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from ray_jobs.train import _share_buffers
-from tests.servers import free_ports
+from tests.gloo_group import on_two_ranks
 
 
-def _worker(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
-        net.train()
-        net(torch.randn(8, 1, 6, 6) + 3 * rank)  # each rank's running statistics from its own batch
-        before = [b.clone() for b in net.buffers()]
-        _share_buffers(net)
-        results[rank] = ([b.clone() for b in net.buffers()], before)
-    finally:
-        dist.destroy_process_group()
+def _statistics_after_sharing(rank: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    net.train()
+    net(torch.randn(8, 1, 6, 6) + 3 * rank)  # each rank's running statistics from its own batch
+    before = [b.clone() for b in net.buffers()]
+    _share_buffers(net)
+    return [b.clone() for b in net.buffers()], before
 
 
 def test_every_worker_gets_rank_zeros_batchnorm_statistics():
-    (port,) = free_ports()
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(port, results), nprocs=2, join=True)
-        (after0, before0), (after1, before1) = results[0], results[1]
+    results = on_two_ranks(_statistics_after_sharing)
+    (after0, before0), (after1, before1) = results[0], results[1]
     assert any(not torch.equal(a, b) for a, b in zip(before0, before1)), "the ranks' statistics differed"
     for zero, one, mine in zip(after0, after1, before0):
         assert torch.equal(zero, mine)  # rank 0 keeps its own
