@@ -123,21 +123,29 @@ def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path, 
     assert "| rejected | 3 |" in artifact.data and "| 7 | column 'depth' is null |" in artifact.data
 
 
-def test_a_parquet_input_is_read_in_a_block_per_chunk(store):
+def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     """Ray Data's default cuts a read into ~200 blocks, each a round trip to the driver: the input
-    arrives instead in about a block per scoring chunk, its rows in the file's order."""
+    arrives instead in about a block per scoring chunk, its rows in the files' order."""
     settings, manifest = store["settings"], read_manifest(store["diamonds"])
     scoring = Scoring.of(REGRESSOR.registered_name, "1", manifest, settings.mlflow_tracking_uri)
     source = store["diamonds"] / "test.parquet"
     features, _ = load_split(store["diamonds"], "test")
+    columns = manifest["feature_columns"]
 
     dataset, rows = batch_predict.parquet_dataset(str(source), scoring, chunk=128)
     blocks = dataset.materialize()
 
     assert rows == len(features) > 4 * 128
     assert blocks.num_blocks() == -(-rows // 128)
-    arrived = blocks.to_pandas()[manifest["feature_columns"]].to_numpy(np.float32)
-    np.testing.assert_array_equal(arrived, features)
+    np.testing.assert_array_equal(blocks.to_pandas()[columns].to_numpy(np.float32), features)
+
+    # A folder of three files, fewer blocks than files: still every row, in the files' order.
+    table = pq.read_table(source)
+    for part, start in enumerate(range(0, rows, 200)):
+        pq.write_table(table.slice(start, 200), tmp_path / f"part-{part}.parquet")
+    dataset, rows = batch_predict.parquet_dataset(str(tmp_path), scoring, chunk=1024)
+    assert rows == len(features)
+    np.testing.assert_array_equal(dataset.to_pandas()[columns].to_numpy(np.float32), features)
 
 
 def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_path, s3_bucket, monkeypatch):
