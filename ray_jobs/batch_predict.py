@@ -12,10 +12,12 @@ here, where a task runs in a worker Ray already has). A task gets a chunk of row
 batches worth about ``CHUNK_BYTES`` of features, and calls the model ``batch_size`` rows at a time:
 Ray Data's cost per batch is paid per chunk (for the diamonds regressor, whose forward pass costs
 a fraction of a microsecond a row, batches of 512 handed over one by one had made that cost most of
-the run's time). Every row is checked first; a row with a null, NaN or infinite value, a value
-beyond float32's range, a string that is not a number or an image of the wrong length is rejected
-with its reason instead of scored. Nothing is dropped silently: rows in = rows scored + rows
-rejected, checked against the input's own row count.
+the run's time). A Parquet input is read in about a block per chunk too: Ray Data's default of some
+200 blocks cost a round trip to the driver each, more than reading the rows. Every row is checked
+first; a row with a null, NaN or infinite value, a value beyond float32's range, a string that is
+not a number or an image of the wrong length is rejected with its reason instead of scored.
+Nothing is dropped silently: rows in = rows scored + rows rejected, checked against the input's own
+row count.
 
 Output, one folder: ``predictions.parquet`` (``row``, the row's 0-based position in the input; the
 prediction; ``model_name``, ``model_version``) and ``rejected.parquet`` (``row``, ``reason``). Both
