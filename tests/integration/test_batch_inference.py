@@ -132,8 +132,9 @@ def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     features, _ = load_split(store["diamonds"], "test")
     columns = manifest["feature_columns"]
 
-    dataset, rows = batch_predict.parquet_dataset(str(source), scoring, chunk=128)
-    blocks = dataset.materialize()
+    files = batch_predict.parquet_files(str(source), scoring)
+    rows = files.count_rows()
+    blocks = batch_predict.parquet_dataset(files, scoring, rows, chunk=128).materialize()
 
     assert rows == len(features) > 4 * 128
     assert blocks.num_blocks() == -(-rows // 128)
@@ -143,8 +144,9 @@ def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     table = pq.read_table(source)
     for part, start in enumerate(range(0, rows, 200)):
         pq.write_table(table.slice(start, 200), tmp_path / f"part-{part}.parquet")
-    dataset, rows = batch_predict.parquet_dataset(str(tmp_path), scoring, chunk=1024)
-    assert rows == len(features)
+    files = batch_predict.parquet_files(str(tmp_path), scoring)
+    assert files.count_rows() == len(features) and len(files.files) == 3
+    dataset = batch_predict.parquet_dataset(files, scoring, len(features), chunk=1024)
     np.testing.assert_array_equal(dataset.to_pandas()[columns].to_numpy(np.float32), features)
 
 
