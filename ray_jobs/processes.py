@@ -3,8 +3,10 @@ holding its PID), removed once it is gone."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,3 +47,16 @@ def remove_orphaned(folders: Iterable[Path], mark: str, keep: int = 0) -> list[P
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def private_folder(prefix: str, mark: str, parent: Path | None = None) -> Path:
+    """A new folder ``parent/<prefix>...`` (mode 0700; default parent: the temp dir) owned by this
+    process and removed when it exits. One left by an owner killed by a signal (its exit handler
+    never ran) is removed by the next call with the same ``prefix`` and ``mark``, once that owner
+    is gone."""
+    parent = Path(parent or tempfile.gettempdir())
+    remove_orphaned(parent.glob(f"{prefix}*"), mark)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    mark_owner(folder, mark)
+    return folder

@@ -32,7 +32,6 @@ picks ``haproxy``, the default, or ``proxy``, Serve's own):
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shlex
@@ -112,13 +111,6 @@ FOLDER_PREFIX = "skyhap-"
 OWNER_FILE = "owner.pid"
 
 
-def remove_orphaned_folders(parent: Path) -> list[Path]:
-    """This user's HAProxy folders under ``parent`` whose owner process is gone (killed by a signal,
-    so its exit handler never ran): removed, and returned. A folder without an owner file (one being
-    made, or an older skytrain's) is left alone."""
-    return processes.remove_orphaned(parent.glob(f"{FOLDER_PREFIX}*"), OWNER_FILE)
-
-
 def folder_of(environment: dict[str, str]) -> Path | None:
     """The private folder of a ``local_ray_environment``, None for Serve's own proxy."""
     socket_path = environment.get("RAY_SERVE_HAPROXY_SOCKET_PATH")
@@ -140,11 +132,9 @@ def local_ray_environment(mode: str) -> dict[str, str]:
         return {}
     # Short: Serve puts the sockets in a subfolder named by the node's ID (56 characters), and
     # HAProxy refuses socket paths over 97 characters. mkdtemp makes it mode 0700.
+    # A folder left by a process killed by a signal is removed by the next local Ray (``processes``).
     parent = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
-    remove_orphaned_folders(parent)
-    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    processes.mark_owner(folder, OWNER_FILE)
+    folder = processes.private_folder(FOLDER_PREFIX, OWNER_FILE, parent)
     environment = haproxy_environment(folder, binary)
     if not os.access(environment["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK):  # /tmp mounted noexec
         logger.warning("%s cannot run programs (noexec?); Ray Serve's own proxy takes HTTP instead", folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs import serve_ingress
+from ray_jobs import processes, serve_ingress
 
 STAND_IN = """#!/bin/sh
 # args, then the configuration it was given (the argument after -f)
@@ -140,10 +140,12 @@ def test_folders_whose_owner_is_gone_are_removed_and_no_other(tmp_path):
             (folders[name] / serve_ingress.OWNER_FILE).write_text(str(owner))
     (tmp_path / "other-dead").mkdir()  # not ours by name
     (tmp_path / "other-dead" / serve_ingress.OWNER_FILE).write_text(str(ended.pid))
-    assert serve_ingress.remove_orphaned_folders(tmp_path) == [folders["dead"]]
+    new = processes.private_folder(serve_ingress.FOLDER_PREFIX, serve_ingress.OWNER_FILE, tmp_path)
+    assert not folders["dead"].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["other-dead", f"{serve_ingress.FOLDER_PREFIX}alive", f"{serve_ingress.FOLDER_PREFIX}unowned"]
+        ["other-dead", f"{serve_ingress.FOLDER_PREFIX}alive", f"{serve_ingress.FOLDER_PREFIX}unowned", new.name]
     )
+    assert (new / serve_ingress.OWNER_FILE).read_text() == str(os.getpid())
 
 
 def test_a_local_ray_folder_records_its_owner():
