@@ -127,8 +127,8 @@ def batch_inference(
     ``output_path`` (a folder, local or ``s3://``, absent or empty) receives ``predictions.parquet``
     and ``rejected.parquet``; default ``<state_dir>/predictions/<model>/<timestamp>-v<version>``.
     ``batch_size`` rows go through the model at a time (the rows are checked and handed to the
-    scoring tasks in chunks of whole batches, about 8 MiB of features each); ``concurrency`` tasks
-    score at once (default: one per CPU of the Ray cluster).
+    scoring tasks in chunks of whole batches, at most 32 MiB of features and a task's share of the
+    input each); ``concurrency`` tasks score at once (default: one per CPU of the Ray cluster).
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)
