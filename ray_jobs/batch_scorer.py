@@ -97,13 +97,19 @@ def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]
         size = int(np.prod(scoring.feature_shape))
         values = _tensor_column(batch.column(column).combine_chunks(), column, size, reasons)
     else:
+        # float32 from the start, a row per column (each column written in one contiguous run), turned
+        # into rows once at the end: a float64 matrix filled column by column took 18 ms per 270,000
+        # diamonds rows here, this 6 ms. A value beyond float32's range becomes inf, silently: its row
+        # is rejected already.
         columns = scoring.manifest["feature_columns"]
-        values = np.empty((batch.num_rows, len(columns)))
-        for j, name in enumerate(columns):
-            values[:, j] = _scalar_column(batch.column(name).combine_chunks(), name, reasons)
+        values = np.empty((len(columns), batch.num_rows), np.float32)
+        with np.errstate(over="ignore"):
+            for j, name in enumerate(columns):
+                values[j] = _scalar_column(batch.column(name).combine_chunks(), name, reasons)
+        values = values.T
     valid = reasons == None  # noqa: E711
     features = values if valid.all() else values[valid]
-    # Writable: Arrow's buffers are read-only, and torch will not take a read-only array silently.
+    # C order and writable: Arrow's buffers are read-only, and torch will not take a read-only array silently.
     return np.require(features, np.float32, ["C", "W"]).reshape(-1, *scoring.feature_shape), reasons
 
 
