@@ -100,7 +100,7 @@ def report(summary: dict[str, Any]) -> str:
         f"| predictions | `{summary['predictions_path']}` |",
         f"| rejected rows | `{summary['rejected_path']}` |",
         f"| time | {summary['seconds']:.1f} s ({summary['rows_per_second']:.0f} rows/s), "
-        f"{summary['workers']} scoring at once, chunks of {summary['chunk_rows']} rows, "
+        f"{summary['workers']} scoring at once, {summary['chunks']} chunks of about {summary['chunk_rows']} rows, "
         f"batches of {summary['batch_size']} through the model |",
     ]
     if summary["first_rejections"]:
@@ -127,8 +127,8 @@ def batch_inference(
     ``output_path`` (a folder, local or ``s3://``, absent or empty) receives ``predictions.parquet``
     and ``rejected.parquet``; default ``<state_dir>/predictions/<model>/<timestamp>-v<version>``.
     ``batch_size`` rows go through the model at a time (the rows are checked and handed to the
-    scoring tasks in chunks of whole batches, at most 32 MiB of features and a task's share of the
-    input each); ``concurrency`` tasks score at once (default: one per CPU of the Ray cluster).
+    scoring tasks in chunks of about 32 MiB of features at most, and no more than a task's share of
+    the input); ``concurrency`` tasks score at once (default: one per CPU of the Ray cluster).
     """
     settings, logger = Settings(), get_run_logger()
     spec = spec_for(model)

@@ -8,13 +8,14 @@ dataset version's ``test.parquet`` is such a file); or, for the CNN, an MNIST ID
 Scoring runs in Ray Data tasks (``map_batches`` with ``batch_scorer.score``), at most
 ``concurrency`` at once; each worker process loads the model version once and keeps it for the
 tasks that follow (an actor pool did the same, but started its own processes: 1-2 s more per run
-here, where a task runs in a worker Ray already has). A task gets a chunk of rows, whole model
-batches worth at most ``CHUNK_BYTES`` of features and at most a worker's share of the input, and
-calls the model ``batch_size`` rows at a time:
-Ray Data's cost per batch is paid per chunk (for the diamonds regressor, whose forward pass costs
-a fraction of a microsecond a row, batches of 512 handed over one by one had made that cost most of
-the run's time). A Parquet input is read in about a block per chunk too: Ray Data's default of some
-200 blocks cost a round trip to the driver each, more than reading the rows. Every row is checked
+here, where a task runs in a worker Ray already has). The input is cut into chunks of about
+``chunk_rows`` rows, whole model batches worth at most ``CHUNK_BYTES`` of features and at most a
+worker's share of the input; a task gets one chunk, a Ray Data block, whole, and calls the model
+``batch_size`` rows at a time. Ray Data's cost per batch is paid per chunk (for the diamonds
+regressor, whose forward pass costs a fraction of a microsecond a row, batches of 512 handed over
+one by one had made that cost most of the run's time). A Parquet input is read in about a block per
+chunk: Ray Data's default of some 200 blocks cost a round trip to the driver each, more than
+reading the rows. Every row is checked
 first; a row with a null, NaN or infinite value, a value beyond float32's range, a string that is
 not a number or an image of the wrong length is rejected with its reason instead of scored.
 Nothing is dropped silently: rows in = rows scored + rows rejected, checked against the input's own
@@ -335,10 +336,13 @@ def predict(
     # store once), which then need onnxruntime and nothing heavier than it: a worker importing
     # MLflow and PyTorch to load it took 3 s more.
     onnx_model = scoring.onnx_export() if scoring.runtime == "onnx" else None
+    # A call per block: with ``batch_size=chunk`` Ray Data bundled a block smaller than the chunk (a
+    # read cut into n blocks gives rows / n each, a few rows under it) with the next one, so half as
+    # many tasks ran: one for two workers on a small input, half the cores idle on a cluster.
     scored = dataset.map_batches(
         score,
         fn_kwargs={"scoring": scoring, "threads": threads, "onnx_model": onnx_model, "model_batch": batch_size},
-        batch_size=chunk,
+        batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=workers),
         num_cpus=worker_cpus,
@@ -386,6 +390,7 @@ def predict(
         "workers": workers,
         "batch_size": batch_size,
         "chunk_rows": chunk,
+        "chunks": len(arrivals),
         "seconds": seconds,
         "rows_per_second": rows / seconds,
         "first_batch_seconds": arrivals[0][0] - started,

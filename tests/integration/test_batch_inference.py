@@ -83,7 +83,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path, monkeypatch):
     test = pq.read_table(store["diamonds"] / "test.parquet").drop_columns(["log_price"])
-    # Chunks of two model batches (256 rows) instead of ~8 MiB: the rows cross several scoring tasks.
+    # Chunks of two model batches (256 rows) instead of up to 32 MiB: the rows cross several scoring tasks.
     monkeypatch.setattr(batch_predict, "CHUNK_BYTES", 2 * 128 * 4 * test.num_columns)
     carat, depth, x = (test.column(c).to_numpy().copy() for c in ("carat", "depth", "x"))
     carat[3], x[11] = np.nan, np.inf
@@ -94,6 +94,8 @@ def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path, 
 
     summary = batch_inference(model="diamonds-regressor", input_path=str(tmp_path / "input.parquet"), batch_size=128)
     assert summary["rows_in"] > 2 * 256  # three chunks at least
+    # Each read block is scored as one chunk: none is bundled with the next into one task.
+    assert summary["chunk_rows"] == 256 and summary["chunks"] == -(-summary["rows_in"] // 256)
 
     assert summary["model_version"] == "1" and summary["alias"] == CHAMPION
     assert summary["output"].startswith(str(store["settings"].state_dir / "predictions" / "diamonds-regressor"))
