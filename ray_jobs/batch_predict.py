@@ -52,6 +52,7 @@ import ray
 
 from ray_jobs import storage
 from ray_jobs.batch_scorer import numeric_type, score, text_type
+from ray_jobs.ray_data_limits import fall_back_to_cluster_resources
 from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
 from ray_jobs.storage import parquet_reader_v1
@@ -327,6 +328,7 @@ def predict(
         rows_in = files.count_rows()
         chunk = chunk_rows(batch_size, scoring, rows_in, workers)
         dataset = parquet_dataset(files, scoring, rows_in, chunk)
+    fall_back_to_cluster_resources()  # else Ray Data runs a task at a time for the first second
     context = dataset.context  # this dataset's own copy of Ray Data's settings
     context.execution_options.preserve_order = True  # the rows' positions are counted on the way back
     if logging.getLevelName(settings.ray_log_level) > logging.INFO:
