@@ -15,9 +15,9 @@ worker's share of the input; a task gets one chunk, a Ray Data block, whole, and
 regressor, whose forward pass costs a fraction of a microsecond a row, batches of 512 handed over
 one by one had made that cost most of the run's time). A Parquet input is read in about a block per
 chunk: Ray Data's default of some 200 blocks cost a round trip to the driver each, more than
-reading the rows. Every row is checked
-first; a row with a null, NaN or infinite value, a value beyond float32's range, a string that is
-not a number or an image of the wrong length is rejected with its reason instead of scored.
+reading the rows. Every row is checked first; a row with a null, NaN or infinite value, a value
+beyond float32's range, a string that is not a number or an image of the wrong length is rejected
+with its reason instead of scored.
 Nothing is dropped silently: rows in = rows scored + rows rejected, checked against the input's own
 row count.
 

@@ -98,9 +98,9 @@ def validate(batch: pa.Table, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]
         values = _tensor_column(batch.column(column).combine_chunks(), column, size, reasons)
     else:
         # float32 from the start, a row per column (each column written in one contiguous run), turned
-        # into rows once at the end: a float64 matrix filled column by column took 18 ms per 270,000
-        # diamonds rows here, this 6 ms. A value beyond float32's range becomes inf, silently: its row
-        # is rejected already.
+        # into rows once at the end: with a float64 matrix filled column by column, then cast, the
+        # checks took 19.7 ms per 269,700 diamonds rows here; 7.1 ms this way. A value beyond
+        # float32's range becomes inf, silently: its row is rejected already.
         columns = scoring.manifest["feature_columns"]
         values = np.empty((len(columns), batch.num_rows), np.float32)
         with np.errstate(over="ignore"):
