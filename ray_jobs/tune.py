@@ -11,6 +11,7 @@ best configuration is a tag of the parent (``skytrain.tune.best_hparams``), whic
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ from ray_jobs.train import (
 
 # A trial's own process only drives its Ray Train run: no CPU, but Tune needs a non-empty bundle.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
+logger = logging.getLogger(__name__)
+
+TRIAL_ACTOR_CLASS = "ImplicitFunc"  # the actor Tune runs a function trainable's trials in
+TRIAL_EXIT_TIMEOUT_S = 30.0
 
 
 def width_name(spec: ModelSpec) -> str:
@@ -209,6 +214,7 @@ def run_search(
         )
         grid = tuner.fit()
         trials = _trial_rows(grid, metric, base["epochs"])
+        _wait_for_trial_processes()
         _close_stopped_children(experiment_id, parent.info.run_id, grid)
         finished = [r for r in grid if r.error is None and metric in (r.metrics or {})]
         if not finished:
@@ -252,6 +258,26 @@ def _trial_rows(grid, metric: str, max_epochs: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _wait_for_trial_processes(timeout_s: float = TRIAL_EXIT_TIMEOUT_S) -> None:
+    """Until this job's trial actors have exited, at most ``timeout_s``.
+
+    ``tuner.fit()`` returns once Tune has asked the trials ASHA stopped to stop, not once they have
+    stopped: such a trial's training can still fail in its process, and its ``mlflow.start_run``
+    block then ends its run FAILED, after ``_close_stopped_children`` marked it KILLED (seen once in
+    CI). A process that has exited writes nothing more.
+    """
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    filters = [("class_name", "=", TRIAL_ACTOR_CLASS), ("job_id", "=", job), ("state", "=", "ALIVE")]
+    deadline = time.monotonic() + timeout_s
+    while alive := list_actors(filters=filters, limit=1000):
+        if time.monotonic() > deadline:
+            logger.warning("%d trial processes still running %.0f s after the search ended", len(alive), timeout_s)
+            return
+        time.sleep(0.2)
 
 
 def _close_stopped_children(experiment_id: str, parent_run_id: str, grid) -> None:
