@@ -270,10 +270,10 @@ def _wait_for_trial_processes(timeout_s: float = TRIAL_EXIT_TIMEOUT_S) -> None:
     """
     from ray.util.state import list_actors
 
-    job = ray.get_runtime_context().get_job_id()
-    filters = [("class_name", "=", TRIAL_ACTOR_CLASS), ("job_id", "=", job), ("state", "=", "ALIVE")]
+    context = ray.get_runtime_context()  # this Ray's address: several may run on one machine
+    filters = [("class_name", "=", TRIAL_ACTOR_CLASS), ("job_id", "=", context.get_job_id()), ("state", "=", "ALIVE")]
     deadline = time.monotonic() + timeout_s
-    while alive := list_actors(filters=filters, limit=1000):
+    while alive := list_actors(address=context.gcs_address, filters=filters, limit=1000):
         if time.monotonic() > deadline:
             logger.warning("%d trial processes still running %.0f s after the search ended", len(alive), timeout_s)
             return
