@@ -17,9 +17,8 @@ one by one had made that cost most of the run's time). A Parquet input is read i
 chunk: Ray Data's default of some 200 blocks cost a round trip to the driver each, more than
 reading the rows. Every row is checked first; a row with a null, NaN or infinite value, a value
 beyond float32's range, a string that is not a number or an image of the wrong length is rejected
-with its reason instead of scored.
-Nothing is dropped silently: rows in = rows scored + rows rejected, checked against the input's own
-row count.
+with its reason instead of scored. Nothing is dropped silently: rows in = rows scored + rows
+rejected, checked against the input's own row count.
 
 Output, one folder: ``predictions.parquet`` (``row``, the row's 0-based position in the input; the
 prediction; ``model_name``, ``model_version``) and ``rejected.parquet`` (``row``, ``reason``). Both
@@ -64,9 +63,9 @@ IDX_HEADER = 16  # the magic and three big-endian uint32 sizes
 READ_CPUS = 0.25  # per Ray Data read task, as for training's reads
 FIRST_REJECTIONS = 5
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group written (most chunks are smaller)
-# Float32 features per scoring call at most, in whole model batches: Ray Data's cost per batch
-# (slicing, handing over, a task) and the row checks' fixed cost are paid once per chunk rather than
-# once per model batch (``chunk_rows``). 32 MiB: 322,560 diamonds rows at 512 rows a call, 10,240
+# Float32 features per chunk at most (a scoring call gets a read block of about a chunk), in whole
+# model batches: Ray Data's cost per batch (slicing, handing over, a task) and the row checks' fixed
+# cost are paid once per chunk rather than once per model batch (``chunk_rows``). 32 MiB: 322,560 diamonds rows at 512 rows a call, 10,240
 # MNIST images. The regressor on 2 cores here: 539,400 rows in 0.33-0.37 s with 8 MiB chunks,
 # 0.31 s with 32 MiB; 5,394,000 rows in 2.7-2.9 s and 2.2-2.4 s.
 CHUNK_BYTES = 32 * 2**20

@@ -35,10 +35,10 @@ from ray_jobs.train import (
     threads_per_worker,
 )
 
-# A trial's own process only drives its Ray Train run: no CPU, but Tune needs a non-empty bundle.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
 logger = logging.getLogger(__name__)
 
+# A trial's own process only drives its Ray Train run: no CPU, but Tune needs a non-empty bundle.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
 TRIAL_ACTOR_CLASS = "ImplicitFunc"  # the actor Tune runs a function trainable's trials in
 TRIAL_EXIT_TIMEOUT_S = 30.0
 
