@@ -65,9 +65,9 @@ FIRST_REJECTIONS = 5
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group written (most chunks are smaller)
 # Float32 features per chunk at most (a scoring call gets a read block of about a chunk), in whole
 # model batches: Ray Data's cost per batch (slicing, handing over, a task) and the row checks' fixed
-# cost are paid once per chunk rather than once per model batch (``chunk_rows``). 32 MiB: 322,560 diamonds rows at 512 rows a call, 10,240
-# MNIST images. The regressor on 2 cores here: 539,400 rows in 0.33-0.37 s with 8 MiB chunks,
-# 0.31 s with 32 MiB; 5,394,000 rows in 2.7-2.9 s and 2.2-2.4 s.
+# cost are paid once per chunk rather than once per model batch (``chunk_rows``). 32 MiB: 322,560
+# diamonds rows at 512 rows a call, 10,240 MNIST images. The regressor on 2 cores here: 539,400 rows
+# in 0.33-0.37 s with 8 MiB chunks, 0.31 s with 32 MiB; 5,394,000 rows in 2.7-2.9 s and 2.2-2.4 s.
 CHUNK_BYTES = 32 * 2**20
 
 
