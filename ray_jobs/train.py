@@ -70,6 +70,16 @@ def _evaluate(model: nn.Module, feed: ShardFeed, spec: ModelSpec, device, batch_
     return {"loss": loss / rows, **metric}
 
 
+# DDP without its per-step buffer sync: by default it sends rank 0's buffers (BatchNorm's running
+# statistics) to every worker before each training forward, a second collective per step that makes
+# every step wait for the slowest worker twice. Rank 0's buffers, the ones checkpointed, come from its
+# own batches either way; the other workers get them once at the start (DDP's init sync, kept) and
+# once an epoch before validation (``_share_buffers``). 2 CNN workers on 2 cores: an epoch 8.13 ->
+# 7.45 s (benchmarks/train_epoch.py, back to back). ``forward_sync_buffers``, not the
+# ``broadcast_buffers`` torch 2.13 deprecates (a FutureWarning in every worker).
+DDP_OPTIONS = {"forward_sync_buffers": False}
+
+
 def _share_buffers(net: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm's running statistics) to every worker: each validates the model
     rank 0 checkpoints."""
@@ -126,13 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
 
     net = build_model(spec, manifest, hp).to(memory_format=layout)
-    # DDP around ``net``, which keeps the weights. Without broadcast_buffers: by default DDP sends rank
-    # 0's buffers (BatchNorm's running statistics) to every worker before each training forward, a
-    # second collective per step that makes every step wait for the slowest worker twice. Rank 0's
-    # buffers, the ones checkpointed, come from its own batches either way; the other workers get
-    # them once an epoch, before validation (``_share_buffers``). 2 CNN workers on 2 cores: an epoch
-    # 8.13 -> 7.45 s (benchmarks/train_epoch.py, back to back).
-    model = ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"broadcast_buffers": False})
+    model = ray.train.torch.prepare_model(net, parallel_strategy_kwargs=DDP_OPTIONS)  # DDP; ``net`` keeps the weights
     idled = 0
     if device.type == "cpu" and config["gloo_io_idle"]:
         idled = gloo_io.idle_gloo_io_threads()  # gloo's polling I/O thread no longer delays the loop's wake-ups
