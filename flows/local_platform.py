@@ -161,7 +161,8 @@ def _wait_healthy(layout: Layout, name: str, url: str, timeout: float, process=N
 
 
 def _base_env(settings: Settings) -> dict[str, str]:
-    """The servers' environment: this virtualenv first on PATH (MLflow execs ``uvicorn`` by name)."""
+    """The servers' environment: this virtualenv first on PATH, so what they or their flow runs start by
+    name is this virtualenv's (MLflow 3.17's server itself starts uvicorn as ``sys.executable -m``)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["SKYTRAIN_STATE_DIR"] = str(settings.state_dir.resolve())
