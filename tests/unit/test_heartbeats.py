@@ -8,7 +8,7 @@ import threading
 from prefect import flow_engine
 
 import flows  # noqa: F401  (installs the heartbeat context)
-from flows.heartbeats import send_heartbeats_without_join
+from flows.heartbeats import _prefect_send_heartbeats, send_heartbeats_without_join
 
 
 class _Engine:
@@ -34,7 +34,7 @@ def test_the_flow_engine_uses_the_unjoined_heartbeat_context():
     assert flow_engine._send_heartbeats is send_heartbeats_without_join
 
 
-def test_the_heartbeat_is_sent_and_its_thread_never_joined(monkeypatch):
+def _record_joins(monkeypatch) -> list[threading.Thread]:
     joined: list[threading.Thread] = []
     original_join = threading.Thread.join
 
@@ -43,7 +43,22 @@ def test_the_heartbeat_is_sent_and_its_thread_never_joined(monkeypatch):
         return original_join(thread, timeout)
 
     monkeypatch.setattr(threading.Thread, "join", recording_join)
-    engine = _Engine()
+    return joined
+
+
+def test_prefects_own_heartbeat_context_still_joins_its_thread(monkeypatch):
+    """A canary: Prefect's context, called as its sync engine calls it, waits for the heartbeat
+    thread on exit. When this fails, Prefect no longer joins it and flows/heartbeats.py can go."""
+    joined, engine = _record_joins(monkeypatch), _Engine()
+    with _prefect_send_heartbeats(engine):
+        assert engine.emitted.wait(10), "no heartbeat was emitted"
+        threading.Timer(0.2, engine.release.set).start()  # lets the thread see its stop event
+    assert engine.thread in joined and not engine.thread.is_alive()
+
+
+def test_the_heartbeat_is_sent_and_its_thread_never_joined(monkeypatch):
+    original_join = threading.Thread.join
+    joined, engine = _record_joins(monkeypatch), _Engine()
     with flow_engine._send_heartbeats(engine):  # the sync engine's call: join_on_exit left at True
         assert engine.emitted.wait(10), "no heartbeat was emitted"
     heartbeat = engine.thread
