@@ -215,7 +215,7 @@ def run_search(
         grid = tuner.fit()
         trials = _trial_rows(grid, metric, base["epochs"])
         _wait_for_trial_processes()
-        _close_stopped_children(experiment_id, parent.info.run_id, grid)
+        _close_stopped_children(experiment_id, parent.info.run_id, trials)
         finished = [r for r in grid if r.error is None and metric in (r.metrics or {})]
         if not finished:
             errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error) or "no trial reported"
@@ -264,9 +264,10 @@ def _wait_for_trial_processes(timeout_s: float = TRIAL_EXIT_TIMEOUT_S) -> None:
     """Until this job's trial actors have exited, at most ``timeout_s``.
 
     ``tuner.fit()`` returns once Tune has asked the trials ASHA stopped to stop, not once they have
-    stopped: such a trial's training can still fail in its process, and its ``mlflow.start_run``
-    block then ends its run FAILED, after ``_close_stopped_children`` marked it KILLED (seen once in
-    CI). A process that has exited writes nothing more.
+    stopped: such a trial's training goes on in its process until Tune ends it, and its
+    ``mlflow.start_run`` block can still end its run (FAILED, or FINISHED when its last epochs were
+    short: both seen in CI). A process that has exited writes nothing more, so the status
+    ``_close_stopped_children`` sets after this wait is the last.
     """
     from ray.util.state import list_actors
 
@@ -280,14 +281,15 @@ def _wait_for_trial_processes(timeout_s: float = TRIAL_EXIT_TIMEOUT_S) -> None:
         time.sleep(0.2)
 
 
-def _close_stopped_children(experiment_id: str, parent_run_id: str, grid) -> None:
-    """Tune ends a trial ASHA stops by killing its process: its MLflow run is left RUNNING or FAILED.
-
-    Those of trials that did not fail are marked KILLED, with the tag ``skytrain.tune.stopped_early``.
+def _close_stopped_children(experiment_id: str, parent_run_id: str, trials: list[dict[str, Any]]) -> None:
+    """The runs of the trials ASHA stopped (``trials``: ``_trial_rows``) end KILLED, tagged
+    ``skytrain.tune.stopped_early``, whatever their process left: RUNNING (killed mid-epoch), FAILED
+    (failed as Tune stopped it) or FINISHED (it ran its last epochs before Tune ended it). The
+    search counted none of the epochs after the stop.
     """
-    stopped = {r.metrics.get("trial_id") for r in grid if r.error is None and r.metrics}
+    stopped = {row["trial"] for row in trials if row["status"] == "stopped by ASHA"}
     client = mlflow.MlflowClient()
     for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
-        if run.info.status != "FINISHED" and run.data.tags.get("skytrain.tune.trial_id") in stopped:
+        if run.data.tags.get("skytrain.tune.trial_id") in stopped:
             client.set_tag(run.info.run_id, "skytrain.tune.stopped_early", "true")
             client.set_terminated(run.info.run_id, "KILLED")
