@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
 
@@ -47,6 +48,9 @@ from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams, run_training, worker_env  # noqa: E402
 
+# How long the floor's loops wait for each other to be ready: a fresh process imports PyTorch first.
+SHARD_START_TIMEOUT_S = 300
+
 
 def prepare(model: str, limit_rows: int | None, settings: Settings, val_size: int | None = None) -> Path:
     """A dataset version of ``model``'s dataset, cut to ``limit_rows`` rows per split (MNIST's
@@ -64,9 +68,12 @@ def prepare(model: str, limit_rows: int | None, settings: Settings, val_size: in
     return Path(write_version(settings.data_store, spec_for(model).dataset, name, tables, manifest))
 
 
-def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1)) -> list[float]:
+def plain_epochs(
+    model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1), start: Any = None
+) -> list[float]:
     """The reference: one process, tensors in memory, the same layout, optimizer, schedule and
-    evaluation. ``shard=(rank, world)`` trains on every world-th row only, as a Ray Train worker does."""
+    evaluation. ``shard=(rank, world)`` trains on every world-th row only, as a Ray Train worker does;
+    ``start``, a barrier shared with the other shards' loops, holds the first epoch until all are ready."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     spec, manifest = spec_for(model), read_manifest(dataset_dir)
@@ -85,6 +92,8 @@ def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: t
     steps = len(train_x) // hp["batch_size"]
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp["lr"], total_steps=hp["epochs"] * steps)
     loss_fn = nn.CrossEntropyLoss() if spec.task == "classification" else nn.MSELoss()
+    if start is not None:
+        start.wait()
     times = []
     for epoch in range(hp["epochs"]):
         started = time.perf_counter()
@@ -108,13 +117,15 @@ def plain_epochs(model: str, dataset_dir: Path, hp: dict, threads: int, shard: t
 
 @contextmanager
 def spawned(processes: int, env: dict[str, str]) -> Iterator[ProcessPoolExecutor]:
-    """Fresh Python processes started with ``env`` added to this one's environment (glibc's malloc
-    and OpenMP read theirs when a process starts)."""
+    """A pool of up to ``processes`` fresh Python processes started with ``env`` added to this one's
+    environment (glibc's malloc and OpenMP read theirs when a process starts). The pool starts a
+    process when a task finds none idle: tasks meant to run at once must wait for each other
+    (``independent_shards``), or one process may run them one after the other."""
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(int).result()  # the processes start now, with ``env``
+            pool.submit(int).result()  # the first process starts now, with ``env``
             yield pool
     finally:
         for name, value in saved.items():
@@ -132,17 +143,36 @@ def plain_with_worker_env(model: str, dataset_dir: Path, hp: dict, threads: int)
         return pool.submit(plain_epochs, model, dataset_dir, hp, threads).result()
 
 
+def shard_loops(
+    model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int
+) -> list[tuple[int, float, list[float]]]:
+    """``processes`` plain loops at once, each in its own process on its share of the rows and of
+    the cores, started with the environment skytrain gives its training workers: each one's process
+    id, when its first epoch started (``time.time()``) and its epoch times."""
+    threads = max(1, cpus // processes)
+    with spawned(processes, worker_env(threads)) as pool, multiprocessing.Manager() as manager:
+        # Each loop waits for the others before its first epoch: that also makes the pool start a
+        # process per loop (one process could not wait twice), where it had given both loops to one
+        # process one after the other, or started the second one seconds late.
+        start = manager.Barrier(processes, timeout=SHARD_START_TIMEOUT_S)
+        futures = [
+            pool.submit(_timed_shard, model, dataset_dir, hp, threads, (rank, processes), start)
+            for rank in range(processes)
+        ]
+        return [future.result() for future in futures]
+
+
+def _timed_shard(*args) -> tuple[int, float, list[float]]:
+    """``plain_epochs(*args)`` with this process's id and when its first epoch started."""
+    times = plain_epochs(*args)
+    return os.getpid(), time.time() - sum(times), times
+
+
 def independent_shards(model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int) -> list[float]:
     """What ``processes`` data-parallel workers could do at best on this machine: as many plain loops
-    at once, each on its share of the rows with its share of the cores, and no communication at all,
-    started with the environment skytrain gives its training workers. An epoch lasts as long as the
-    slowest of them."""
-    threads = max(1, cpus // processes)
-    with spawned(processes, worker_env(threads)) as pool:
-        futures = [
-            pool.submit(plain_epochs, model, dataset_dir, hp, threads, (rank, processes)) for rank in range(processes)
-        ]
-        per_process = [future.result() for future in futures]
+    at once, each on its share of the rows with its share of the cores, and no communication at all
+    (``shard_loops``). An epoch lasts as long as the slowest of them."""
+    per_process = [times for _, _, times in shard_loops(model, dataset_dir, hp, processes, cpus)]
     return [max(epoch) for epoch in zip(*per_process)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from benchmarks import train_epoch
 
@@ -26,15 +27,21 @@ def test_train_epoch_quick_mode_reports_ratios(tmp_path, state_dir, local_ray, k
 
 
 def test_the_floor_runs_one_plain_loop_per_worker_at_once(state_dir):
-    from benchmarks.train_epoch import independent_shards, prepare
+    from benchmarks.train_epoch import independent_shards, prepare, shard_loops
     from ray_jobs.models import spec_for
     from ray_jobs.settings import Settings
     from ray_jobs.train import resolve_hparams
 
     dataset = prepare("diamonds-regressor", 3000, Settings())
-    hp = resolve_hparams(spec_for("diamonds-regressor"), None, epochs=2)
-    times = independent_shards("diamonds-regressor", dataset, hp, processes=2, cpus=2)
-    assert len(times) == 2 and all(t > 0 for t in times)
+    hp = resolve_hparams(spec_for("diamonds-regressor"), None, epochs=3)
+    loops = shard_loops("diamonds-regressor", dataset, hp, processes=2, cpus=2)
+    pids = {pid for pid, _, _ in loops}
+    assert len(pids) == 2 and os.getpid() not in pids  # a process of its own each
+    spans = [(started, started + sum(times)) for _, started, times in loops]
+    assert all(a_start < b_end for a_start, _ in spans for _, b_end in spans)  # they overlapped: at once
+    assert all(len(times) == 3 and all(t > 0 for t in times) for _, _, times in loops)
+    floor = independent_shards("diamonds-regressor", dataset, hp, processes=2, cpus=2)
+    assert len(floor) == 3  # an epoch each, the slower loop's
 
 
 def test_data_prep_quick_mode_reports_its_ratio(tmp_path, state_dir, prefect_api):
