@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
@@ -211,13 +212,16 @@ def _report(datasets: dict, trained: dict, gates: dict) -> None:
 
 def test_retrain_artifacts_tables_and_mlflow_links(state_dir, monkeypatch):
     monkeypatch.setenv("SKYTRAIN_MLFLOW_UI_URL", "http://mlflow.test:5000")
-    monkeypatch.setattr(reporting, "experiment_ids", lambda uri, run_ids: dict.fromkeys(run_ids, "7"))
+    client = mlflow.MlflowClient(Settings().mlflow_tracking_uri)  # the state directory's store
+    client.create_experiment("first")  # so that the run's experiment id is not the default's
+    experiment_id = client.create_experiment("skytrain-links")
+    run_id = client.create_run(experiment_id).info.run_id
     datasets = {"diamonds": {"dataset": "diamonds", "version": "abc123", "path": "/d/abc123", "reused": True}}
     trained = {
         "diamonds-regressor": {
             "registered_model": "skytrain-diamonds-regressor",
             "version": "4",
-            "run_id": "r1",
+            "run_id": run_id,
             "run_name": "diamonds-regressor-abc123",
             "dataset": "diamonds",
             "dataset_version": "abc123",
@@ -241,12 +245,12 @@ def test_retrain_artifacts_tables_and_mlflow_links(state_dir, monkeypatch):
     artifacts = _artifacts(state.state_details.flow_run_id)
     assert {"retrain-datasets", "retrain-metrics", "retrain-gate"} <= set(artifacts)
     assert artifacts["mlflow-run-diamonds-regressor"].data.startswith(
-        "[MLflow run diamonds-regressor-abc123](http://mlflow.test:5000/#/experiments/7/runs/r1)"
+        f"[MLflow run diamonds-regressor-abc123](http://mlflow.test:5000/#/experiments/{experiment_id}/runs/{run_id})"
     )
     assert "(http://mlflow.test:5000/#/models/skytrain-diamonds-regressor/versions/4)" in (
         artifacts["mlflow-model-diamonds-regressor"].data
     )
     metrics = json.loads(artifacts["retrain-metrics"].data)
-    assert metrics[0]["rmse"] == "0.1235" and metrics[0]["version"] == "4" and metrics[0]["run_id"] == "r1"
+    assert metrics[0]["rmse"] == "0.1235" and metrics[0]["version"] == "4" and metrics[0]["run_id"] == run_id
     gate = artifacts["retrain-gate"].data
     assert "**rejected**" in gate and "not better by more than the margin" in gate and "versions/4" in gate
