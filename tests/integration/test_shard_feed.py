@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ray_jobs import feed as feed_module
 from ray_jobs.feed import ShardFeed, fits_on_device
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -63,7 +64,12 @@ def test_resident_feed_keeps_the_rows_and_reshuffles_them_by_seed():
         assert torch.equal(x[:, 0, 0, 0], y.float() * 4)
 
 
-def test_fits_on_device_compares_with_free_memory():
+def test_fits_on_device_compares_with_free_memory(monkeypatch):
     manifest = {"feature_shape": [1, 28, 28]}
-    assert fits_on_device(1_000, manifest, torch.device("cpu"))
+    assert fits_on_device(1_000, manifest, torch.device("cpu"))  # this machine's real free memory
     assert not fits_on_device(10**12, manifest, torch.device("cpu"))
+    # The boundary: a quarter of the host's free memory, 4 bytes a feature and the target.
+    row_bytes = 4 * (28 * 28 + 1)
+    monkeypatch.setattr(feed_module, "free_memory_bytes", lambda device: 4 * 1000 * row_bytes)
+    assert fits_on_device(1000, manifest, torch.device("cpu"))
+    assert not fits_on_device(1001, manifest, torch.device("cpu"))

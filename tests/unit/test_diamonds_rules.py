@@ -34,12 +34,14 @@ def _check(tmp_path, frame=None, text=None):
         path.write_text(text)
     else:
         frame.to_csv(path, index=False)
-    diamonds.validate(diamonds.read_csv(path), path)
-    return path
+    return diamonds.validate(diamonds.read_csv(path), path)
 
 
 def test_well_formed_csv_passes(tmp_path):
-    _check(tmp_path, sample_frame())
+    report = _check(tmp_path, sample_frame())
+    assert report.status == "pass" and not report.failures
+    fields = {check.field for check in report.checks}
+    assert {"carat", "price", "cut"} <= fields  # the rules ran on the columns, and every one passed
 
 
 def _set(column, row, value):
