@@ -150,7 +150,11 @@ def shard_loops(
     the cores, started with the environment skytrain gives its training workers: each one's process
     id, when its first epoch started (``time.time()``) and its epoch times."""
     threads = max(1, cpus // processes)
-    with spawned(processes, worker_env(threads)) as pool, multiprocessing.Manager() as manager:
+    # The barrier's manager is a spawned process too: a fork would share this process's gRPC state
+    # with Ray's client, which gRPC does not support (suspected in a CI run whose Ray shutdown then
+    # hung in a call to the GCS).
+    manager_context = multiprocessing.get_context("spawn")
+    with spawned(processes, worker_env(threads)) as pool, manager_context.Manager() as manager:
         # Each loop waits for the others before its first epoch: that also makes the pool start a
         # process per loop (one process could not wait twice), where it had given both loops to one
         # process one after the other, or started the second one seconds late.
