@@ -120,7 +120,7 @@ def spawned(processes: int, env: dict[str, str]) -> Iterator[ProcessPoolExecutor
     """A pool of up to ``processes`` fresh Python processes started with ``env`` added to this one's
     environment (glibc's malloc and OpenMP read theirs when a process starts). The pool starts a
     process when a task finds none idle: tasks meant to run at once must wait for each other
-    (``independent_shards``), or one process may run them one after the other."""
+    (``shard_loops``), or one process may run them one after the other."""
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
@@ -167,7 +167,8 @@ def shard_loops(
 
 
 def _timed_shard(*args) -> tuple[int, float, list[float]]:
-    """``plain_epochs(*args)`` with this process's id and when its first epoch started."""
+    """``plain_epochs(*args)`` with this process's id and when its first epoch started (now, less the
+    epochs' time)."""
     times = plain_epochs(*args)
     return os.getpid(), time.time() - sum(times), times
 
