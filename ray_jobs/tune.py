@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
 TRIAL_ACTOR_CLASS = "ImplicitFunc"  # the actor Tune runs a function trainable's trials in
 TRIAL_EXIT_TIMEOUT_S = 30.0
+STOPPED = "stopped by ASHA"  # a trial's status in the search's rows (``_trial_rows``)
 
 
 def width_name(spec: ModelSpec) -> str:
@@ -247,7 +248,7 @@ def _trial_rows(grid, metric: str, max_epochs: int) -> list[dict[str, Any]]:
     for result in grid:
         metrics = result.metrics or {}
         epochs = int(metrics.get("training_iteration", 0))
-        status = "error" if result.error else ("completed" if epochs >= max_epochs else "stopped by ASHA")
+        status = "error" if result.error else ("completed" if epochs >= max_epochs else STOPPED)
         rows.append(
             {
                 "trial": metrics.get("trial_id", ""),
@@ -287,7 +288,7 @@ def _close_stopped_children(experiment_id: str, parent_run_id: str, trials: list
     (failed as Tune stopped it) or FINISHED (it ran its last epochs before Tune ended it). The
     search counted none of the epochs after the stop.
     """
-    stopped = {row["trial"] for row in trials if row["status"] == "stopped by ASHA"}
+    stopped = {row["trial"] for row in trials if row["status"] == STOPPED}
     client = mlflow.MlflowClient()
     for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
         if run.data.tags.get("skytrain.tune.trial_id") in stopped:
