@@ -54,7 +54,7 @@ from ray_jobs.batch_scorer import numeric_type, score, text_type
 from ray_jobs.ray_data_limits import fall_back_to_cluster_resources
 from ray_jobs.scoring import Scoring
 from ray_jobs.settings import Settings
-from ray_jobs.storage import parquet_reader_v1
+from ray_jobs.storage import parquet_read
 
 PREDICTIONS, REJECTED = "predictions.parquet", "rejected.parquet"
 REJECTED_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
@@ -168,19 +168,54 @@ def parquet_files(location: str, scoring: Scoring) -> pads.FileSystemDataset:
 
 
 def parquet_dataset(files: pads.FileSystemDataset, scoring: Scoring, rows: int, chunk: int) -> ray.data.Dataset:
-    """The files' feature columns as a dataset of about a block per ``chunk`` of their ``rows``.
+    """The files' feature columns as a dataset of about a block per ``chunk`` of their ``rows``,
+    each handed on as soon as it is read.
 
     By default Ray Data cuts a read into ~200 blocks for parallelism (a file of 539,400 diamonds
     rows: 57 blocks), and each block costs a round trip between the read task and the driver's
-    executor (~5 ms here), more than reading the rows (0.03 s in all). No repartition either: a
-    repartition step waited for a CPU the scoring held. The files are read in pyarrow's order,
-    sorted: a row's position is its position in that sequence.
+    executor (~5 ms here), more than reading the rows (0.03 s in all). Asked for more blocks than
+    there are files, it reads 128 MiB before it hands on anything and cuts that into blocks then:
+    5,394,000 diamonds rows (one file) waited 0.25 s and more for their first. So the read asks for
+    no more tasks than files and for blocks of a chunk's bytes, which it hands on as it reads them.
+    No repartition either: a repartition step waited for a CPU the scoring held. The files are read
+    in pyarrow's order, sorted: a row's position is its position in that sequence.
     """
-    with parquet_reader_v1():
-        dataset = ray.data.read_parquet(
-            files.files, filesystem=files.filesystem, num_cpus=READ_CPUS, override_num_blocks=max(1, -(-rows // chunk))
+    columns = scoring.manifest["feature_columns"]
+    tasks = max(1, min(len(files.files), -(-rows // chunk)))
+    # pyarrow decodes a chunk's rows at a time (fewer where a row group is smaller), and Ray Data
+    # hands a block on once it holds more than the target: a byte under a chunk's, so each chunk
+    # goes as soon as it is whole (at the target itself it would wait for the next rows).
+    with parquet_read(block_bytes=chunk * row_bytes(files.schema, scoring) - 1):
+        return ray.data.read_parquet(
+            files.files,
+            filesystem=files.filesystem,
+            columns=columns,
+            num_cpus=READ_CPUS,
+            override_num_blocks=tasks,
+            batch_size=chunk,
         )
-    return dataset.select_columns(scoring.manifest["feature_columns"])
+
+
+def row_bytes(schema: pa.Schema, scoring: Scoring) -> int:
+    """A row's feature columns in memory as Arrow holds them once read (strings: a guess of 16 bytes)."""
+    total = 0
+    for name in scoring.manifest["feature_columns"]:
+        kind = schema.field(name).type
+        if pa.types.is_fixed_size_list(kind):
+            total += _width(kind.value_type) * kind.list_size
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):  # values and an offset
+            offset = 8 if pa.types.is_large_list(kind) else 4
+            total += _width(kind.value_type) * int(np.prod(scoring.feature_shape)) + offset
+        else:
+            total += _width(kind)
+    return max(1, total)
+
+
+def _width(kind: pa.DataType) -> int:
+    try:
+        return max(1, kind.bit_width // 8)
+    except ValueError:  # not fixed-width: strings
+        return 16
 
 
 def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:

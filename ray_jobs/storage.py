@@ -248,19 +248,28 @@ def join(location: str | Path, name: str) -> str:
 
 
 @contextlib.contextmanager
-def parquet_reader_v1() -> Iterator[None]:
-    """Ray Data's first Parquet reader for the ``read_parquet`` calls in the block.
+def parquet_read(block_bytes: int | None = None) -> Iterator[None]:
+    """Ray Data's settings for the ``read_parquet`` calls in the block; the dataset keeps them (it
+    copies the context it was created under).
 
-    The default (DataSourceV2) lists files in a task that starts 32 footer-reading actors per read
-    (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), new processes every run: on this project's 2-core
-    machine a one-file read took 3 to 7 s that way, and 0.2 s with V1, which reads the footers in
-    the driver. The dataset keeps the choice (it copies the context it was created under).
+    Ray Data's first Parquet reader (V1): the default (DataSourceV2) lists files in a task that
+    starts 32 footer-reading actors per read (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), new processes
+    every run: on this project's 2-core machine a one-file read took 3 to 7 s that way, and 0.2 s
+    with V1, which reads the footers in the driver.
+
+    ``block_bytes``: the read hands on a block each time it has read about that many bytes (Ray
+    Data's ``target_max_block_size``, 128 MiB by default, which also sets how many rows the reader
+    decodes at a time). A read asked for more blocks than it has files otherwise reads a whole
+    file's 128 MiB blocks and cuts each into pieces only then.
     """
     import ray.data  # here: the rest of this module serves processes that never start Ray
 
     context = ray.data.DataContext.get_current()
-    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    previous = context.use_datasource_v2, context.target_max_block_size
+    context.use_datasource_v2 = False
+    if block_bytes is not None:
+        context.target_max_block_size = block_bytes
     try:
         yield
     finally:
-        context.use_datasource_v2 = previous
+        context.use_datasource_v2, context.target_max_block_size = previous

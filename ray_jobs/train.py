@@ -318,7 +318,7 @@ def _datasets(dataset_dir: str, log_level: str) -> dict[str, ray.data.Dataset]:
     datasets = {}
     for split in ("train", "val"):
         filesystem, path = storage.resolve(storage.join(dataset_dir, f"{split}.parquet"))
-        with storage.parquet_reader_v1():
+        with storage.parquet_read():
             datasets[split] = ray.data.read_parquet(path, filesystem=filesystem, num_cpus=DATA_TASK_CPUS)
     return datasets
 

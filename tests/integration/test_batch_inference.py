@@ -127,7 +127,8 @@ def test_the_champion_scores_parquet_and_bad_rows_are_reported(store, tmp_path, 
 
 def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     """Ray Data's default cuts a read into ~200 blocks, each a round trip to the driver: the input
-    arrives instead in about a block per scoring chunk, its rows in the files' order."""
+    arrives instead in a block per scoring chunk, each handed on as it is read (not read whole and
+    cut afterwards, which held a big file's first chunk back), its rows in the files' order."""
     settings, manifest = store["settings"], read_manifest(store["diamonds"])
     scoring = Scoring.of(REGRESSOR.registered_name, "1", manifest, settings.mlflow_tracking_uri)
     source = store["diamonds"] / "test.parquet"
@@ -139,7 +140,9 @@ def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     blocks = batch_predict.parquet_dataset(files, scoring, rows, chunk=128).materialize()
 
     assert rows == len(features) > 4 * 128
-    assert blocks.num_blocks() == -(-rows // 128)
+    sizes = [block.num_rows for block in blocks.iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert sizes == [128] * (rows // 128) + ([rows % 128] if rows % 128 else [])
+    assert "ReadParquet" in blocks.stats() and "SplitBlocks" not in blocks.stats()
     np.testing.assert_array_equal(blocks.to_pandas()[columns].to_numpy(np.float32), features)
 
     # A folder of three files, fewer blocks than files: still every row, in the files' order.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pyarrow as pa
 import pytest
 
 from ray_jobs import batch_predict
@@ -41,3 +42,33 @@ def test_a_chunk_is_whole_batches_within_the_cap_and_a_workers_share(scoring, ro
 def test_a_row_bigger_than_the_cap_still_makes_a_chunk_of_one_batch(monkeypatch):
     monkeypatch.setattr(batch_predict, "CHUNK_BYTES", 1024)
     assert batch_predict.chunk_rows(64, MNIST, 10_000, 1) == 64
+
+
+@pytest.mark.parametrize(
+    ("columns", "feature_shape", "expected"),
+    [
+        ({"carat": pa.float32(), "depth": pa.float32()}, [2], 8),
+        ({"carat": pa.float64(), "cut": pa.int8()}, [2], 9),
+        ({"carat": pa.float32(), "ok": pa.bool_()}, [2], 5),  # a bool: a bit in Arrow, counted as a byte
+        ({"carat": pa.string(), "depth": pa.float32()}, [2], 20),  # a string: 16 bytes, a guess
+        ({"image": pa.list_(pa.float32())}, [1, 28, 28], 784 * 4 + 4),  # values and a 32-bit offset
+        ({"image": pa.large_list(pa.uint8())}, [1, 28, 28], 784 + 8),
+        ({"image": pa.list_(pa.float32(), 784)}, [1, 28, 28], 784 * 4),  # fixed size: no offsets
+    ],
+)
+def test_a_rows_bytes_once_read_follow_its_columns_types(columns, feature_shape, expected):
+    """The read's block size in bytes is a chunk's rows times this: what Arrow holds for the row."""
+    manifest = {"task": "regression", "feature_columns": list(columns), "feature_shape": feature_shape}
+    scoring = Scoring("model", "1", "file:///nowhere", "sqlite:///nowhere", manifest)
+    schema = pa.schema([("unused", pa.string()), *columns.items()])  # only the feature columns count
+    assert batch_predict.row_bytes(schema, scoring) == expected
+    if not any(pa.types.is_string(kind) or pa.types.is_boolean(kind) for kind in columns.values()):
+        values = {name: _values(kind, 1000) for name, kind in columns.items()}
+        table = pa.table({name: pa.array(values[name], kind) for name, kind in columns.items()})
+        assert table.nbytes / 1000 == pytest.approx(expected, rel=0.01)  # what Arrow holds, offsets and all
+
+
+def _values(kind: pa.DataType, rows: int) -> list:
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [[0] * 784] * rows
+    return [0] * rows
