@@ -76,14 +76,20 @@ def providers(requested: list[str] | None = None) -> list[str]:
     return [name for name in PREFERRED_PROVIDERS if name in available]
 
 
-def session(model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None):
-    """An onnxruntime session on the file (or its bytes), ``threads`` intra-op threads on the CPU."""
+def session(model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None, *, spin: bool = True):
+    """An onnxruntime session on the file (or its bytes), ``threads`` intra-op threads on the CPU.
+
+    ``spin=False``: the intra-op threads sleep between the model's calls instead of spinning for
+    the next one (onnxruntime's default, the lowest latency), leaving the cores to other work.
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return onnxruntime.InferenceSession(source, sess_options=options, providers=providers(requested))
 
@@ -151,8 +157,10 @@ class OnnxPredictor:
     batch inference's actors build one from the export's bytes.
     """
 
-    def __init__(self, model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None) -> None:
-        self.session = session(model, threads, requested)
+    def __init__(
+        self, model: str | Path | bytes, threads: int = 1, requested: list[str] | None = None, *, spin: bool = True
+    ) -> None:
+        self.session = session(model, threads, requested, spin=spin)
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
 

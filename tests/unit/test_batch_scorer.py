@@ -119,3 +119,27 @@ def test_image_rows_of_the_wrong_length_or_with_a_missing_value_are_rejected():
         None,
     ]
     assert features.tolist() == [[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]]
+
+
+def test_an_onnx_scoring_task_lets_its_threads_sleep_between_model_calls(tmp_path):
+    """A scoring task shares the cores with the read and the driver: its onnxruntime threads must not
+    spin between model batches. Serving keeps onnxruntime's default (spinning: the lowest latency)."""
+    import torch
+
+    from ray_jobs.onnx_model import OnnxPredictor, export
+
+    torch.manual_seed(0)
+    net, rows = torch.nn.Linear(2, 1), np.random.default_rng(0).random((4, 2), np.float32)
+    export(net, rows, tmp_path / "model.onnx")
+    model = (tmp_path / "model.onnx").read_bytes()
+
+    predict = batch_scorer.load(_scoring(str(tmp_path)), threads=2, onnx_model=model)
+    options = predict.__self__.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with torch.no_grad():
+        np.testing.assert_allclose(predict(rows), net(torch.from_numpy(rows)).numpy(), atol=1e-6)
+
+    serving = OnnxPredictor(model, threads=2).session.get_session_options()
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime's default
+        serving.get_session_config_entry("session.intra_op.allow_spinning")
