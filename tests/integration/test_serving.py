@@ -130,7 +130,9 @@ def test_predictions_match_pyfunc_on_the_same_rows_for_both_models(service):
 
 @pytest.mark.parametrize("model", ["mnist-cnn", "diamonds-regressor"])
 def test_single_rows_scored_on_the_event_loop_match_pyfunc(service, model):
-    """At most ``serve_inline_rows`` rows (4 by default) are scored on the replica's loop, not in a thread."""
+    """Requests of one row, which the replica scores on its event loop (up to ``serve_inline_rows``
+    rows, 4 by default; more go to a thread), answer as ``mlflow.pyfunc`` does. Which path ran is not
+    observable from outside: this checks the answers, not the path."""
     spec = spec_for(model)
     rows = load_split(service["mnist" if model == "mnist-cnn" else "diamonds"], "test")[0][:3]
     version = served_version(service, model)
