@@ -1,11 +1,12 @@
 """Ray Data's resource limits before the autoscaling coordinator answers (``ray_jobs/ray_data_limits.py``).
 
 On a real local Ray: the autoscaler's coordinator proxy as an execution holds it at its start,
-before any answer came back.
+before any answer came back, and once the cluster's coordinator actor has reserved a CPU.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -20,13 +21,6 @@ def at_start(autoscaler_class: type, coordinator=None):
     autoscaler = object.__new__(autoscaler_class)  # only its coordinator is used to report resources
     autoscaler._autoscaling_coordinator = coordinator or DefaultAutoscalingCoordinator(f"skytrain-{uuid.uuid4().hex}")
     return autoscaler
-
-
-class Reserved:
-    """A coordinator that has reserved one CPU on one node for the requester."""
-
-    def get_reserved_resources(self) -> dict:
-        return {"node-1": {"CPU": 1.0, "object_store_memory": 2.0**30}}
 
 
 def test_both_autoscalers_are_covered():
@@ -50,6 +44,17 @@ def test_an_execution_starts_with_the_cluster_until_the_coordinator_reserves(loc
     assert limits.cpu == ray.cluster_resources()["CPU"] == 2
     assert limits.object_store_memory == ray.cluster_resources()["object_store_memory"]
 
-    # Once the coordinator has reserved resources, they are the limits, as Ray has them.
-    reserved = wrapped(at_start(autoscaler_class, Reserved()))
-    assert (reserved.cpu, reserved.object_store_memory) == (1.0, 2**30)
+    # Once the coordinator has reserved resources, they are the limits, as Ray has them: a real
+    # request for one CPU, to the cluster's own coordinator actor.
+    coordinator = DefaultAutoscalingCoordinator(f"skytrain-{uuid.uuid4().hex}")
+    coordinator.request_resources([{"CPU": 1}], expire_after_s=120)
+    try:
+        autoscaler, deadline = at_start(autoscaler_class, coordinator), time.monotonic() + 60
+        while (ray_view := ray_own(autoscaler)).cpu == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the proxy answers from a cache its previous call refreshed
+        assert ray_view.cpu == 1.0, "the coordinator reserved nothing in 60 s"
+        reserved = wrapped(autoscaler)
+        assert (reserved.cpu, reserved.object_store_memory) == (1.0, ray_view.object_store_memory)
+        assert reserved.cpu < limits.cpu  # the reservation, not the cluster
+    finally:
+        coordinator.cancel_request()
