@@ -68,6 +68,16 @@ def train_epoch(report: dict) -> list[Row]:
                         ratio=f"{floor['ratio']:.2f}×",
                     )
                 )
+            if (ddp := result.get(f"plain_ddp_{workers}w")) is not None:
+                rows.append(
+                    _row(
+                        f"{result['model']}: the same {workers}-process DDP job without Ray (gloo, "
+                        f"skytrain's DDP settings); Ray Train {ray['ratio_to_plain_ddp']:.2f}× of it",
+                        _s(ddp),
+                        baseline=baseline,
+                        ratio=f"{ddp['ratio']:.2f}×",
+                    )
+                )
     return rows
 
 

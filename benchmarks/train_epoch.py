@@ -4,12 +4,16 @@ Same model, hyperparameters, data and per-step batch; both hold the data in memo
 first pass (Ray Train's workers through ``ray_jobs/feed.py``). An epoch is one pass over the
 training rows plus the validation pass, as in ``ray_jobs/train.py``. Reported per model: the
 median epoch time (first epoch excluded: it includes Ray Data's read) with min–max, its ratio to
-the fastest plain loop measured in the same run (and to the 1-thread one), and Ray Train's fixed
+the fastest plain loop measured in the same run (and to the 1-thread one; the fastest thread count
+runs first and again last, and the faster of its two runs is the baseline), and Ray Train's fixed
 start-up cost (``fit()`` to the first step) on its own. For N > 1 workers it also measures the
 floor no data-parallel framework can beat on this machine: N plain loops running at once on 1/N
-of the rows each, without any communication. The floor's processes, and one more run of the plain
-loop, start with the environment skytrain gives its training workers (``worker_env``: malloc
-settings), so the table shows what those settings alone are worth to a plain loop.
+of the rows each, without any communication; and the same data-parallel job without Ray (plain
+DDP on a gloo group, set up as skytrain's workers are), which splits the gap between the floor and
+Ray Train into what DDP's synchronization costs and what Ray Train adds. The floor's and plain
+DDP's processes, and one more run of the plain loop, start with the environment skytrain gives its
+training workers (``worker_env``: malloc settings), so the table shows what those settings alone
+are worth to a plain loop.
 
     python -m benchmarks.train_epoch            # full MNIST and diamonds, 4 epochs each
     python -m benchmarks.train_epoch --quick    # small slices, 2 epochs: keeps the code working
@@ -26,7 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks import private_state  # first: it sets the environment skytrain and Ray read
 
@@ -36,17 +40,20 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from flows.datasets import diamonds, mnist  # noqa: E402
 from flows.datasets.store import write_version  # noqa: E402
+from ray_jobs import gloo_io  # noqa: E402
 from ray_jobs.cluster import ray_session  # noqa: E402
 from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
 from ray_jobs.evaluate import EVAL_BATCH_ROWS  # noqa: E402
 from ray_jobs.models import build_model, memory_format, spec_for  # noqa: E402
+from ray_jobs.ports import free_ports  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
-from ray_jobs.train import resolve_hparams, run_training, worker_env  # noqa: E402
+from ray_jobs.train import DDP_OPTIONS, resolve_hparams, run_training, share_buffers, worker_env  # noqa: E402
 
 # How long the floor's loops wait for each other to be ready: a fresh process imports PyTorch first.
 SHARD_START_TIMEOUT_S = 300
@@ -68,12 +75,36 @@ def prepare(model: str, limit_rows: int | None, settings: Settings, val_size: in
     return Path(write_version(settings.data_store, spec_for(model).dataset, name, tables, manifest))
 
 
-def plain_epochs(
-    model: str, dataset_dir: Path, hp: dict, threads: int, shard: tuple[int, int] = (0, 1), start: Any = None
-) -> list[float]:
+class ShardRun(NamedTuple):
+    """One of ``shard_loops``' loops: its process, when its first epoch started (``time.time()``),
+    its epoch times, and the sum of its trained weights (equal on every rank of a DDP job)."""
+
+    pid: int
+    started: float
+    times: list[float]
+    weights_sum: float
+
+
+def plain_epochs(*args, **kwargs) -> list[float]:
+    """``plain_training``'s epoch times."""
+    return plain_training(*args, **kwargs)[0]
+
+
+def plain_training(
+    model: str,
+    dataset_dir: Path,
+    hp: dict,
+    threads: int,
+    shard: tuple[int, int] = (0, 1),
+    start: Any = None,
+    ddp_port: int | None = None,
+) -> tuple[list[float], nn.Module]:
     """The reference: one process, tensors in memory, the same layout, optimizer, schedule and
     evaluation. ``shard=(rank, world)`` trains on every world-th row only, as a Ray Train worker does;
-    ``start``, a barrier shared with the other shards' loops, holds the first epoch until all are ready."""
+    ``start``, a barrier shared with the other shards' loops, holds the first epoch until all are ready.
+    With ``ddp_port`` the shards' loops are one data-parallel job without Ray: a gloo group on
+    127.0.0.1, DDP as skytrain's workers set it (``DDP_OPTIONS``, gloo's I/O thread idled, BatchNorm
+    statistics and the loss shared once an epoch)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     spec, manifest = spec_for(model), read_manifest(dataset_dir)
@@ -87,7 +118,12 @@ def plain_epochs(
         x = torch.from_numpy(x)
         data[split] = x.contiguous(memory_format=layout) if x.dim() == 4 else x, torch.as_tensor(y, dtype=target_dtype)
     net = build_model(spec, manifest, hp).to(memory_format=layout)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    model = net
+    if ddp_port is not None:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ddp_port}", rank=rank, world_size=world)
+        model = nn.parallel.DistributedDataParallel(net, **DDP_OPTIONS)
+        gloo_io.idle_gloo_io_threads()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     train_x, train_y = data["train"]
     steps = len(train_x) // hp["batch_size"]
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp["lr"], total_steps=hp["epochs"] * steps)
@@ -97,22 +133,29 @@ def plain_epochs(
     times = []
     for epoch in range(hp["epochs"]):
         started = time.perf_counter()
-        net.train()
+        model.train()
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch))
+        total_loss = torch.zeros((), dtype=torch.float64)
         for step in range(steps):
             rows = order[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
-            loss = loss_fn(net(train_x[rows]), train_y[rows])
+            loss = loss_fn(model(train_x[rows]), train_y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-        net.eval()
+            total_loss += loss.detach()
+        if ddp_port is not None:
+            dist.all_reduce(total_loss)
+            share_buffers(net)
+        model.eval()
         val_x, val_y = data["val"]
         with torch.no_grad():
             for i in range(0, len(val_x), EVAL_BATCH_ROWS):
-                loss_fn(net(val_x[i : i + EVAL_BATCH_ROWS]), val_y[i : i + EVAL_BATCH_ROWS]).item()
+                loss_fn(model(val_x[i : i + EVAL_BATCH_ROWS]), val_y[i : i + EVAL_BATCH_ROWS]).item()
         times.append(time.perf_counter() - started)
-    return times
+    if ddp_port is not None:
+        dist.destroy_process_group()
+    return times, net
 
 
 @contextmanager
@@ -144,12 +187,13 @@ def plain_with_worker_env(model: str, dataset_dir: Path, hp: dict, threads: int)
 
 
 def shard_loops(
-    model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int
-) -> list[tuple[int, float, list[float]]]:
+    model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int, ddp: bool = False
+) -> list[ShardRun]:
     """``processes`` plain loops at once, each in its own process on its share of the rows and of
-    the cores, started with the environment skytrain gives its training workers: each one's process
-    id, when its first epoch started (``time.time()``) and its epoch times."""
+    the cores, started with the environment skytrain gives its training workers. With ``ddp`` they
+    are one DDP job on a gloo group (``plain_training``), otherwise independent."""
     threads = max(1, cpus // processes)
+    ddp_port = free_ports()[0] if ddp else None
     # The barrier's manager is a spawned process too: a fork would share this process's gRPC state
     # with Ray's client, which gRPC does not support (suspected in a CI run whose Ray shutdown then
     # hung in a call to the GCS).
@@ -160,24 +204,34 @@ def shard_loops(
         # process one after the other, or started the second one seconds late.
         start = manager.Barrier(processes, timeout=SHARD_START_TIMEOUT_S)
         futures = [
-            pool.submit(_timed_shard, model, dataset_dir, hp, threads, (rank, processes), start)
+            pool.submit(_timed_shard, model, dataset_dir, hp, threads, (rank, processes), start, ddp_port)
             for rank in range(processes)
         ]
         return [future.result() for future in futures]
 
 
-def _timed_shard(*args) -> tuple[int, float, list[float]]:
-    """``plain_epochs(*args)`` with this process's id and when its first epoch started (now, less the
-    epochs' time)."""
-    times = plain_epochs(*args)
-    return os.getpid(), time.time() - sum(times), times
+def _timed_shard(*args) -> ShardRun:
+    """``plain_training(*args)`` with this process's id and when its first epoch started (now, less
+    the epochs' time)."""
+    times, net = plain_training(*args)
+    weights_sum = float(sum(parameter.double().sum() for parameter in net.parameters()))
+    return ShardRun(os.getpid(), time.time() - sum(times), times, weights_sum)
 
 
 def independent_shards(model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int) -> list[float]:
     """What ``processes`` data-parallel workers could do at best on this machine: as many plain loops
     at once, each on its share of the rows with its share of the cores, and no communication at all
     (``shard_loops``). An epoch lasts as long as the slowest of them."""
-    per_process = [times for _, _, times in shard_loops(model, dataset_dir, hp, processes, cpus)]
+    per_process = [run.times for run in shard_loops(model, dataset_dir, hp, processes, cpus)]
+    return [max(epoch) for epoch in zip(*per_process)]
+
+
+def plain_ddp(model: str, dataset_dir: Path, hp: dict, processes: int, cpus: int) -> list[float]:
+    """The same data-parallel job without Ray: ``processes`` plain loops as one DDP job on a gloo
+    group, each on its share of the rows and cores, set up as skytrain's workers are
+    (``shard_loops(ddp=True)``). Between it and the floor is what DDP's synchronization costs here;
+    between Ray Train and it, what Ray Train adds. An epoch lasts as long as the slowest loop's."""
+    per_process = [run.times for run in shard_loops(model, dataset_dir, hp, processes, cpus, ddp=True)]
     return [max(epoch) for epoch in zip(*per_process)]
 
 
@@ -205,6 +259,18 @@ def summary(times: list[float]) -> dict:
     }
 
 
+def add_ratios(row: dict, baseline_s: float, one_thread_s: float) -> None:
+    """Every measurement's ratio to the baseline's median; Ray Train's also to the 1-thread plain
+    loop and to plain DDP with as many workers."""
+    for key, measured in row.items():
+        if key.startswith(("plain_torch_worker_env", "floor_", "plain_ddp_", "ray_")):
+            measured["ratio"] = measured["median_s"] / baseline_s
+        if key.startswith("ray_"):
+            measured["ratio_to_1_thread"] = measured["median_s"] / one_thread_s
+            if (ddp := row.get(f"plain_ddp_{key.removeprefix('ray_')}")) is not None:
+                measured["ratio_to_plain_ddp"] = measured["median_s"] / ddp["median_s"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small slices and 2 epochs (CI)")
@@ -223,25 +289,29 @@ def main(argv: list[str] | None = None) -> None:
             hp = resolve_hparams(spec, None, epochs)
             dataset_dir = prepare(model, limit_rows, settings)
             baselines = {t: summary(plain_epochs(model, dataset_dir, hp, t)) for t in sorted({1, cpus})}
-            threads, baseline = min(baselines.items(), key=lambda item: item[1]["median_s"])
+            threads, first = min(baselines.items(), key=lambda item: item[1]["median_s"])
             row = {"model": model, "rows": read_manifest(dataset_dir)["splits"]["train"]["rows"]}
-            row["plain_torch"] = {**baseline, "threads": threads}  # the fastest thread count
             row["plain_torch_by_threads"] = {str(t): b for t, b in baselines.items()}
-            tuned = summary(plain_with_worker_env(model, dataset_dir, hp, threads))
-            row["plain_torch_worker_env"] = {**tuned, "ratio": tuned["median_s"] / baseline["median_s"]}
+            row["plain_torch_worker_env"] = summary(plain_with_worker_env(model, dataset_dir, hp, threads))
             for workers in args.workers:
                 if workers > cpus:
                     print(f"skipping {workers} workers: the local Ray has {cpus} CPUs")
                     continue
                 if workers > 1:
-                    floor = summary(independent_shards(model, dataset_dir, hp, workers, cpus))
-                    row[f"floor_{workers}w"] = {**floor, "ratio": floor["median_s"] / baseline["median_s"]}
+                    row[f"floor_{workers}w"] = summary(independent_shards(model, dataset_dir, hp, workers, cpus))
+                    row[f"plain_ddp_{workers}w"] = summary(plain_ddp(model, dataset_dir, hp, workers, cpus))
                 times, startup = ray_epochs(model, dataset_dir, hp, workers)
-                ray_summary = summary(times)
-                ray_summary["ratio"] = ray_summary["median_s"] / baseline["median_s"]
-                ray_summary["ratio_to_1_thread"] = ray_summary["median_s"] / baselines[1]["median_s"]
-                ray_summary["startup_s"] = startup
-                row[f"ray_{workers}w"] = ray_summary
+                row[f"ray_{workers}w"] = {**summary(times), "startup_s": startup}
+            # The baseline once more, after everything else: on these VMs the same loop's pace drifts
+            # by 10-25 % over minutes, and the faster of its two runs is the one the others are held to.
+            again = summary(plain_epochs(model, dataset_dir, hp, threads))
+            baseline = min(first, again, key=lambda b: b["median_s"])
+            row["plain_torch"] = {
+                **baseline,
+                "threads": threads,
+                "runs_medians_s": [first["median_s"], again["median_s"]],
+            }
+            add_ratios(row, baseline["median_s"], baselines[1]["median_s"])
             rows.append(row)
             print(format_row(row), flush=True)
     targets = {"ray_1w": "<= 1.05x plain", "ray_2w": "<= 0.85x plain"}
@@ -269,6 +339,11 @@ def format_row(row: dict) -> str:
             parts.append(
                 f"  floor: {workers} independent plain loops on 1/{workers} of the rows each, no communication: "
                 f"{floor['median_s']:.2f}s/epoch = {floor['ratio']:.2f}x"
+            )
+        if (ddp := row.get(f"plain_ddp_{workers}w")) is not None:
+            parts.append(
+                f"  plain DDP: {workers} plain loops as one DDP job on gloo, no Ray: "
+                f"{ddp['median_s']:.2f}s/epoch = {ddp['ratio']:.2f}x (Ray Train: {r['ratio_to_plain_ddp']:.2f}x of it)"
             )
     return "\n  ".join(parts)
 

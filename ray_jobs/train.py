@@ -74,13 +74,13 @@ def _evaluate(model: nn.Module, feed: ShardFeed, spec: ModelSpec, device, batch_
 # statistics) to every worker before each training forward, a second collective per step that makes
 # every step wait for the slowest worker twice. Rank 0's buffers, the ones checkpointed, come from its
 # own batches either way; the other workers get them once at the start (DDP's init sync, kept) and
-# once an epoch before validation (``_share_buffers``). 2 CNN workers on 2 cores: an epoch 8.13 ->
+# once an epoch before validation (``share_buffers``). 2 CNN workers on 2 cores: an epoch 8.13 ->
 # 7.45 s (benchmarks/train_epoch.py, back to back). ``forward_sync_buffers``, not the
 # ``broadcast_buffers`` torch 2.13 deprecates (a FutureWarning in every worker).
 DDP_OPTIONS = {"forward_sync_buffers": False}
 
 
-def _share_buffers(net: nn.Module) -> None:
+def share_buffers(net: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm's running statistics) to every worker: each validates the model
     rank 0 checkpoints."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -187,7 +187,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(train_loss)
             train_loss /= world
-        _share_buffers(net)
+        share_buffers(net)
         val = _evaluate(model, feeds["val"], spec, device, batch_size=EVAL_BATCH_ROWS)
         metrics = {
             "epoch": epoch + 1,

@@ -1,5 +1,5 @@
 """Training without DDP's per-step buffer broadcast: rank 0's BatchNorm statistics still reach every
-worker once an epoch, before validation (``ray_jobs.train._share_buffers``), on a real gloo group."""
+worker once an epoch, before validation (``ray_jobs.train.share_buffers``), on a real gloo group."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ray_jobs.train import DDP_OPTIONS, _share_buffers
+from ray_jobs.train import DDP_OPTIONS, share_buffers
 from tests.gloo_group import on_two_ranks
 
 
@@ -19,7 +19,7 @@ def _statistics_after_sharing(rank: int) -> tuple[list[torch.Tensor], list[torch
     net.train()
     net(torch.randn(8, 1, 6, 6) + 3 * rank)  # each rank's running statistics from its own batch
     before = [b.clone() for b in net.buffers()]
-    _share_buffers(net)
+    share_buffers(net)
     return [b.clone() for b in net.buffers()], before
 
 
