@@ -167,9 +167,12 @@ def parquet_files(location: str, scoring: Scoring) -> pads.FileSystemDataset:
     return files
 
 
-def parquet_dataset(files: pads.FileSystemDataset, scoring: Scoring, rows: int, chunk: int) -> ray.data.Dataset:
+def parquet_dataset(
+    files: pads.FileSystemDataset, scoring: Scoring, rows: int, chunk: int, reads_at_once: int | None = None
+) -> ray.data.Dataset:
     """The files' feature columns as a dataset of about a block per ``chunk`` of their ``rows``,
-    each handed on as soon as it is read.
+    each handed on as soon as it is read, by at most ``reads_at_once`` read tasks at a time
+    (``read_tasks_at_once``; ``None``: as many as Ray Data's budget allows).
 
     By default Ray Data cuts a read into ~200 blocks for parallelism (a file of 539,400 diamonds
     rows: 57 blocks), and each block costs a round trip between the read task and the driver's
@@ -193,6 +196,7 @@ def parquet_dataset(files: pads.FileSystemDataset, scoring: Scoring, rows: int, 
             num_cpus=READ_CPUS,
             override_num_blocks=tasks,
             batch_size=chunk,
+            concurrency=reads_at_once,
         )
 
 
@@ -231,6 +235,22 @@ def check_schema(schema: pa.Schema, location: str, scoring: Scoring) -> None:
             ok, rule = numeric_type(kind) or text_type(kind), "numbers (or strings of numbers) castable to float32"
         if not ok:
             raise BadInputError(location, name, rule, f"type {kind}")
+
+
+def read_tasks_at_once(settings: Settings) -> int | None:
+    """How many of a multi-file input's read tasks run at once: on a local Ray one per whole CPU it
+    keeps for reading (``settings.data_cpus``), on a cluster as many as Ray Data's budget allows.
+
+    A read task is a worker process of its own beside the scoring tasks' processes. Locally Ray keeps
+    about one idle worker process per CPU and stops the rest after a second, so every run with two
+    reads at once started a new process (imports: about a second of CPU here) while two reads and
+    two scoring tasks shared two cores; and the rows are handed on in the files' order, so a second
+    file read early only waits. 5,394,000 diamonds rows in 2 or 4 files: median 3.65-4.43 s with
+    the reads at once, 2.28-2.45 s one at a time, as one file (2.50 s).
+    """
+    from ray_jobs.train import on_cluster  # here, not at the top: imports PyTorch
+
+    return None if on_cluster(settings) else max(1, int(settings.data_cpus))
 
 
 def scoring_workers(concurrency: int | None, settings: Settings) -> tuple[int, float, int]:
@@ -361,7 +381,7 @@ def predict(
         files = parquet_files(input_path, scoring)
         rows_in = files.count_rows()
         chunk = chunk_rows(batch_size, scoring, rows_in, workers)
-        dataset = parquet_dataset(files, scoring, rows_in, chunk)
+        dataset = parquet_dataset(files, scoring, rows_in, chunk, read_tasks_at_once(settings))
     fall_back_to_cluster_resources()  # else Ray Data runs a task at a time for the first second
     context = dataset.context  # this dataset's own copy of Ray Data's settings
     context.execution_options.preserve_order = True  # the rows' positions are counted on the way back

@@ -9,6 +9,7 @@ reported with its reason, and that a failed run leaves nothing behind.
 from __future__ import annotations
 
 import gzip
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,9 +18,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+from ray.util.state import list_tasks
 
 from flows.batch_inference import batch_inference
 from flows.registry import CHAMPION
@@ -153,6 +156,46 @@ def test_a_parquet_input_is_read_in_a_block_per_chunk(store, tmp_path):
     assert files.count_rows() == len(features) and len(files.files) == 3
     dataset = batch_predict.parquet_dataset(files, scoring, len(features), chunk=1024)
     np.testing.assert_array_equal(dataset.to_pandas()[columns].to_numpy(np.float32), features)
+
+
+def test_a_local_ray_reads_a_multi_file_input_one_file_at_a_time(store, tmp_path):
+    """Read tasks at once started worker processes of their own beside the scoring tasks' on a
+    local Ray (``read_tasks_at_once``): with the default one CPU kept for reading, the four files'
+    read tasks (one per chunk, at most one per file) run one after the other (Ray's own task
+    records), and every row is scored, in order."""
+    settings, manifest = store["settings"], read_manifest(store["diamonds"])
+    scoring = Scoring.of(REGRESSOR.registered_name, "1", manifest, settings.mlflow_tracking_uri)
+    table = pq.read_table(store["diamonds"] / "test.parquet")
+    quarter = -(-table.num_rows // 4)
+    (tmp_path / "in").mkdir()
+    for part in range(4):
+        pq.write_table(table.slice(part * quarter, quarter), tmp_path / "in" / f"part-{part}.parquet")
+    assert batch_predict.read_tasks_at_once(settings) == 1
+
+    since_ms = time.time() * 1000
+    summary = batch_predict.predict(
+        str(tmp_path / "in"), str(tmp_path / "out"), scoring, batch_size=256, settings=settings
+    )
+
+    assert summary["rows_scored"] == table.num_rows
+    predicted = pq.read_table(tmp_path / "out" / batch_predict.PREDICTIONS)
+    assert predicted.column("row").to_pylist() == list(range(table.num_rows))
+    expected = min(4, -(-table.num_rows // summary["chunk_rows"]))  # no more read tasks than chunks
+    assert expected >= 2
+    address = ray.get_runtime_context().gcs_address
+    deadline = time.monotonic() + 60  # Ray reports task events about once a second
+    while True:
+        reads = [
+            task
+            for task in list_tasks(address=address, filters=[("name", "=", "ReadParquet")], detail=True, limit=10_000)
+            if task.state == "FINISHED" and task.start_time_ms and task.start_time_ms >= since_ms
+        ]
+        if len(reads) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(reads) == expected, [(task.start_time_ms, task.end_time_ms) for task in reads]
+    spans = sorted((task.start_time_ms, task.end_time_ms) for task in reads)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
 
 
 def test_a_given_version_scores_images_from_s3_and_from_idx_alike(store, tmp_path, s3_bucket, monkeypatch):
