@@ -28,6 +28,7 @@ The models are untrained, in their default architectures: throughput does not de
 
     python -m benchmarks.batch_inference            # MNIST's 10,000 test images, diamonds' 5,394 test rows
     python -m benchmarks.batch_inference --copies 7 --models mnist-cnn   # 70,000 images: past the start-up
+    python -m benchmarks.batch_inference --copies 1000 --files 4 --models diamonds-regressor  # a folder
     python -m benchmarks.batch_inference --quick    # small slices, one repetition: keeps the code working
 """
 
@@ -147,6 +148,19 @@ def engine(source: Path, scoring: Scoring, batch_size: int, workers: int, repeat
     }
 
 
+def write_input(table: pa.Table, folder: Path, files: int) -> Path:
+    """``table`` as the engine's input in 10,000-row groups: one file, or a folder of ``files`` files
+    of about equal rows (in order: part-0000, part-0001, ...)."""
+    if files == 1:
+        pq.write_table(table, folder / "test.parquet", row_group_size=10_000)
+        return folder / "test.parquet"
+    (source := folder / "test").mkdir()
+    rows = -(-table.num_rows // files)
+    for part in range(files):
+        pq.write_table(table.slice(part * rows, rows), source / f"part-{part:04d}.parquet", row_group_size=10_000)
+    return source
+
+
 def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: int, settings: Settings) -> dict:
     dataset_dir = prepare(model, limit_rows, settings)
     version = register(model, dataset_dir, settings)
@@ -169,12 +183,14 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     onnx = OnnxPredictor.of_run(scoring.run_id, settings.mlflow_tracking_uri, threads=threads)
     onnxruntime = loop_seconds(onnx.predict, features, batch_size, threads, repeats)
 
-    source = Path(tempfile.mkdtemp(prefix="batch-inference-", dir=settings.state_dir)) / "test.parquet"
-    if args.copies == 1:
+    work = Path(tempfile.mkdtemp(prefix="batch-inference-", dir=settings.state_dir))
+    if args.copies == 1 and args.files == 1:
+        source = work / "test.parquet"
         shutil.copy(dataset_dir / "test.parquet", source)
     else:
-        test = pq.read_table(dataset_dir / "test.parquet")
-        pq.write_table(pa.concat_tables([test] * args.copies), source, row_group_size=10_000)
+        source = write_input(
+            pa.concat_tables([pq.read_table(dataset_dir / "test.parquet")] * args.copies), work, args.files
+        )
     script = script_seconds(torch_predict, source, scoring, batch_size, threads, repeats)
     by_workers = {w: engine(source, scoring, batch_size, w, repeats) for w in args.workers or sorted({1, cpus})}
     # The baselines once more, after the engine: a pass right after Ray's start competes with its
@@ -193,6 +209,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
         "rows": rows,
         "batch_size": batch_size,
         "copies": args.copies,
+        "files": args.files,
         "plain_torch": {
             "rows_per_second": plain_rps,
             "seconds": plain,
@@ -227,11 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--copies", type=int, default=1, help="score the test split this many times over (a bigger input)"
     )
+    parser.add_argument("--files", type=int, default=1, help="the input as a folder of this many Parquet files")
     parser.add_argument("--repeats", type=int, help="passes per figure, the best kept (default 3, quick 1)")
     parser.add_argument(
         "--output", type=Path, help="JSON file (default benchmarks/results/<date>-batch-inference.json)"
     )
     args = parser.parse_args(argv)
+    if args.files < 1 or args.copies < 1:
+        parser.error(f"--files and --copies must be at least 1, got {args.files} and {args.copies}")
     limit_rows = 2000 if args.quick else None
     args.repeats = args.repeats or (1 if args.quick else 3)
     settings = Settings()

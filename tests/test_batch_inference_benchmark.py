@@ -14,12 +14,13 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ra
     batch_inference.main(
         # One model keeps CI short; the CNN takes the same code paths.
         ["--quick", "--models", "diamonds-regressor"]
-        + ["--batch-size", "64", "--workers", "1", "--output", str(output)],
+        + ["--batch-size", "64", "--workers", "1", "--files", "2", "--output", str(output)],
     )
     report = json.loads(output.read_text())
     assert report["quick"] is True
     (row,) = report["results"]
     assert row["model"] == "diamonds-regressor" and row["rows"] == 200  # 10 % of the quick slice's 2,000 rows
+    assert row["files"] == 2  # the input as a folder of two files
     plain, engine = row["plain_torch"], row["engine"]
     assert engine["rows_in"] == engine["rows_scored"] == row["rows"] and engine["rows_rejected"] == 0
     assert plain["rows_per_second"] == row["rows"] / min(plain["seconds"]) > 0
