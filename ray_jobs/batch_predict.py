@@ -196,7 +196,8 @@ def parquet_dataset(
             num_cpus=READ_CPUS,
             override_num_blocks=tasks,
             batch_size=chunk,
-            concurrency=reads_at_once,
+            # A cap only where it caps something: one read task runs as it did without one.
+            concurrency=reads_at_once if reads_at_once is not None and tasks > reads_at_once else None,
         )
 
 
