@@ -21,6 +21,10 @@ are measured again after the engine and the best of all their passes kept.
   scored batch is back in the driver) and its steady pace after that (the other rows over the
   time they took), from the same runs; the pace only when the start-up was under half the run (else
   the other chunks were scored meanwhile and arrive together).
+- Ray Data's floor: an execution that does no work (one row already in the object store, an
+  identity ``map_batches`` task, the row back in the driver), after the engine's runs, best of
+  five. No engine built on ``map_batches`` runs faster here, so the plain loop's time over it is
+  the highest ratio any such engine can reach on these rows (the ``ceiling``).
 
 The target (issue 4): the engine's throughput at least 0.8x the plain loop's, measured in the same run;
 the engine against the plain script is reported beside it.
@@ -63,6 +67,7 @@ from ray_jobs.dataset import load_split, read_manifest  # noqa: E402
 from ray_jobs.evaluate import predict_in_batches  # noqa: E402
 from ray_jobs.models import build_model, spec_for  # noqa: E402
 from ray_jobs.onnx_model import OnnxPredictor  # noqa: E402
+from ray_jobs.ray_data_limits import fall_back_to_cluster_resources  # noqa: E402
 from ray_jobs.scoring import Scoring, outputs  # noqa: E402
 from ray_jobs.settings import Settings  # noqa: E402
 from ray_jobs.train import resolve_hparams  # noqa: E402
@@ -148,6 +153,22 @@ def engine(source: Path, scoring: Scoring, batch_size: int, workers: int, repeat
     }
 
 
+def ray_data_floor(repeats: int = 5) -> list[float]:
+    """Seconds per Ray Data execution that does no work, as the engine sets one up: one row already
+    in the object store, an identity ``map_batches`` task, the row back in the driver."""
+    block, times = ray.put(pa.table({"x": [0.0]})), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dataset = ray.data.from_arrow_refs([block])
+        fall_back_to_cluster_resources()
+        dataset.context.enable_progress_bars = dataset.context.print_on_execution_start = False
+        same = dataset.map_batches(lambda batch: batch, batch_size=None, batch_format="pyarrow")
+        for _ in same.iter_batches(batch_format="pyarrow", batch_size=None):
+            pass
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def write_input(table: pa.Table, folder: Path, files: int) -> Path:
     """``table`` as the engine's input in 10,000-row groups: one file, or a folder of ``files`` files
     of about equal rows (in order: part-0000, part-0001, ...)."""
@@ -199,6 +220,7 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
     plain = plain + loop_seconds(torch_predict, features, batch_size, threads, repeats)
     script = script + script_seconds(torch_predict, source, scoring, batch_size, threads, repeats)
     plain_rps, script_rps = rows / min(plain), rows / min(script)
+    floor = ray_data_floor()
     for result in by_workers.values():
         result["ratio"] = result["rows_per_second"] / plain_rps
         result["script_ratio"] = result["rows_per_second"] / script_rps
@@ -217,6 +239,9 @@ def measure(model: str, limit_rows: int | None, args: argparse.Namespace, cpus: 
             "by_threads": {str(t): rows / min(s) for t, s in by_threads.items()},  # the first passes
         },
         "plain_script": {"rows_per_second": script_rps, "seconds": script, "threads": threads},
+        # The highest ratio any engine on Ray Data's map_batches can reach here: the loop's time over
+        # the least an execution costs.
+        "ray_data_floor": {"seconds": floor, "ceiling": min(plain) / min(floor)},
         "pyfunc": {"rows_per_second": rows / min(pyfunc), "seconds": pyfunc, "threads": threads},
         "onnxruntime": {
             "rows_per_second": rows / min(onnxruntime),
@@ -278,6 +303,11 @@ def format_row(row: dict) -> str:
         f"ONNX export on onnxruntime ({row['onnxruntime']['providers'][0]}): "
         f"{row['onnxruntime']['rows_per_second']:,.0f} rows/s = {row['onnxruntime']['ratio']:.2f}x",
     ]
+    floor = row["ray_data_floor"]
+    lines.append(
+        f"Ray Data's floor (an execution doing nothing): {min(floor['seconds']) * 1000:.0f} ms a run, "
+        f"so at most {floor['ceiling']:.2f}x for any engine on it"
+    )
     for engine in row["engine_by_workers"].values():
         verdict = "meets" if engine["ratio"] >= TARGET else "misses"
         lines.append(

@@ -217,6 +217,15 @@ def batch_inference(report: dict) -> list[Row]:
                     ratio=f"{engine['script_ratio']:.2f}×",
                 )
             )
+        if floor := result.get("ray_data_floor"):  # since 2026-12-06
+            rows.append(
+                _row(
+                    f"{name}: Ray Data's floor, an execution doing nothing (the most any engine on it can reach)",
+                    f"{min(floor['seconds']) * 1000:.0f} ms a run",
+                    baseline=baseline,
+                    ratio=f"≤ {floor['ceiling']:.2f}×",
+                )
+            )
         rows.append(
             _row(
                 f"{name}: ONNX export on onnxruntime, in process",

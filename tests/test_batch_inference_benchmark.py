@@ -34,5 +34,7 @@ def test_batch_inference_quick_mode_reports_ratios(tmp_path, state_dir, local_ra
     assert onnx["providers"][-1] == "CPUExecutionProvider" and onnx["ratio"] == min(plain["seconds"]) / min(
         onnx["seconds"]
     )
+    floor = row["ray_data_floor"]  # an execution of Ray Data that does nothing: the most any engine on it reaches
+    assert len(floor["seconds"]) == 5 and floor["ceiling"] == min(plain["seconds"]) / min(floor["seconds"])
     assert engine["workers"] == 1 and row["engine_by_workers"] == {"1": engine}
     assert engine["startup_seconds"] > 0 and engine["steady_rows_per_second"] > 0  # 4 batches: a pace after the 1st
